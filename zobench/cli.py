@@ -1,0 +1,120 @@
+"""The `zobench` command: thin verbs over the library. User errors exit 2 with one message."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from zobench import registry
+from zobench.config import load_suite
+from zobench.errors import UserError
+from zobench.grid import RunSpec, expand
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(e: Exception) -> None:
+    err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def plan(suite_file: Path, data_dir: str | None = None) -> tuple[object, list[RunSpec]]:
+    """Load, validate and expand a suite; every user error surfaces here, before anything is written."""
+    from zobench.runner import resolve_device
+
+    suite, lines = load_suite(suite_file)
+    specs = expand(suite, suite_file, lines, data_dir=data_dir)
+    for spec in specs:
+        try:
+            resolve_device(spec.settings.device)
+        except UserError as e:
+            raise UserError(f"{suite_file}: defaults.device (or a component's settings.device): {e}") from None
+    return suite, specs
+
+
+@app.command()
+def validate(suite_file: Path) -> None:
+    """Check a suite file without running anything."""
+    try:
+        suite, specs = plan(suite_file)
+    except UserError as e:
+        fail(e)
+    out.print(f"{suite_file}: ok — suite '{suite.name}', {len(specs)} runs")
+
+
+@app.command(name="run")
+def run_cmd(
+    suite_file: Path,
+    results: Annotated[Path, typer.Option(help="results root; runs land in RESULTS/<suite>/")] = Path("results"),
+    reports: Annotated[Path, typer.Option(help="reports root; the page lands in REPORTS/<suite>/")] = Path("reports"),
+    data_dir: Annotated[str | None, typer.Option(help="local data folder for every task (overrides the suite)")] = None,
+    rerun: Annotated[bool, typer.Option(help="run again even runs already done")] = False,
+    report: Annotated[bool, typer.Option(help="build the HTML report at the end")] = True,
+) -> None:
+    """Run every cell of a suite's grid (skipping runs already done), then build its report."""
+    from zobench.executors import pending
+    from zobench.registry import executors
+    from zobench.report import build_report
+    from zobench.store import Store
+
+    try:
+        suite, specs = plan(suite_file, data_dir)
+        executor_cls = executors.get(suite.executor.name)
+    except UserError as e:
+        fail(e)
+    store = Store(results, suite.name)
+    todo = specs if rerun else pending(specs, store)
+    err.print(f"suite [bold]{suite.name}[/]: {len(specs)} runs, {len(specs) - len(todo)} already done, "
+              f"{len(todo)} to run")
+    try:
+        executor_cls(suite.executor.options, console=err).run(todo, store)
+    except UserError as e:
+        fail(e)
+    from zobench.report.frame import method_task_table, runs_frame
+
+    frame = runs_frame(store.dir)
+    frame = frame[frame["run_id"].isin({s.run_id for s in specs})]
+    out.print(method_task_table(frame).to_string())
+    bad = frame[frame["status"] != "done"]
+    if not bad.empty:
+        out.print(f"{len(bad)} runs did not finish: " + ", ".join(f"{r.run_id} ({r.status})" for r in bad.itertuples()))
+    out.print(f"results: {store.dir}/")
+    if report:
+        page = build_report(store.dir, reports, description=suite.description)
+        out.print(f"report:  {page}")
+
+
+@app.command(name="report")
+def report_cmd(
+    results_dir: Path,
+    reports: Annotated[Path, typer.Option(help="reports root")] = Path("reports"),
+) -> None:
+    """Rebuild the HTML report (tables, figures) from a results folder."""
+    from zobench.report import build_report
+
+    if not results_dir.is_dir():
+        fail(UserError(f"{results_dir}: no such results folder; run a suite first or give results/<suite>"))
+    out.print(f"report: {build_report(results_dir, reports)}")
+
+
+@app.command(name="list")
+def list_cmd(what: Annotated[str, typer.Argument(help="methods | tasks | models | schemes | executors")]) -> None:
+    """What the registries hold, with the first line of each entry's docstring."""
+    reg = registry.REGISTRIES.get(what) or registry.REGISTRIES.get(what + "s")
+    if what == "optimizers":
+        reg = registry.methods
+    if reg is None:
+        fail(UserError(f"unknown registry '{what}'; allowed: {', '.join(registry.REGISTRIES)}"))
+    for name, entry in reg.items():
+        doc = (entry.__doc__ or "").strip().splitlines()
+        out.print(f"{name:24s} {doc[0] if doc else ''}", highlight=False, soft_wrap=True)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

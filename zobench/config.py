@@ -1,0 +1,218 @@
+"""Suite schema (pydantic) and YAML loading with file:line on every error.
+
+A suite is a grid of models × tasks × methods × schemes × seeds. Every grid entry is a
+*component*: a registered name plus its parameters, validated against that entry's own
+`Params` model, so a typo in a learning-rate key is caught before anything runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+from zobench.errors import UserError, did_you_mean
+
+Loc = tuple[str | int, ...]
+
+
+# --------------------------------------------------------------------------- YAML with lines
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (first at line {seen[key]})", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _line_map(node: yaml.Node, loc: Loc = (), out: dict[Loc, int] | None = None) -> dict[Loc, int]:
+    """Map each path in the document to the line where it starts."""
+    out = {} if out is None else out
+    out[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*loc, key_node.value)
+            out[child] = key_node.start_mark.line + 1
+            _line_map(value_node, child, out)
+            out[child] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, (*loc, i), out)
+    return out
+
+
+def load_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
+    """Parse a YAML file; return the data and a path → line map. Errors name file and line."""
+    if not path.exists():
+        raise UserError(f"{path}: file not found; check the path (relative paths are from the current folder)")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: YAML error: {e.problem or e}; fix the syntax there") from None
+    return data, (_line_map(node) if node is not None else {})
+
+
+def where(path: Path, lines: dict[Loc, int], loc: Loc) -> str:
+    """'file:line: field' for the deepest part of `loc` that has a line."""
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return f"{path}:{lines[loc[:n]]}: {dotted(loc)}"
+    return f"{path}: {dotted(loc)}"
+
+
+def dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+# --------------------------------------------------------------------------- schema
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunSettings(Strict):
+    """How one run trains and evaluates; suite defaults, overridable per component."""
+
+    steps: PositiveInt = 100
+    batch_size: PositiveInt = 16
+    eval_every: PositiveInt | None = Field(None, description="steps between dev evaluations; None = at the end")
+    log_every: PositiveInt = 1
+    eval_at_start: bool = True
+    select: Literal["best-dev", "last"] = "best-dev"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_seconds: float | None = Field(None, gt=0, description="stop a run after this much wall-clock")
+
+
+class Component(BaseModel):
+    """A registered name plus parameters. `label` names it in tables; `settings` overrides RunSettings."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    label: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+def _as_components(value: Any) -> Any:
+    if isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+class Grid(Strict):
+    models: list[Component] = Field(default_factory=lambda: [Component(name="none")])
+    tasks: list[Component]
+    methods: list[Component]
+    schemes: list[Component] = Field(default_factory=lambda: [Component(name="full")])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+    _coerce = field_validator("models", "tasks", "methods", "schemes", mode="before")(
+        lambda cls, v: _as_components(v)
+    )
+
+    @field_validator("models", "tasks", "methods", "schemes", "seeds")
+    @classmethod
+    def _non_empty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("must list at least one entry")
+        return v
+
+
+class Rule(Strict):
+    """Matches grid cells by label (or seed). Every given key must match."""
+
+    model: str | list[str] | None = None
+    task: str | list[str] | None = None
+    method: str | list[str] | None = None
+    scheme: str | list[str] | None = None
+    seed: int | list[int] | None = None
+
+
+class ExecutorSpec(Strict):
+    name: str = "local"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Suite(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    regenerates: str | None = Field(None, description="the paper table this suite regenerates, e.g. 'mezo-table1'")
+    defaults: RunSettings = Field(default_factory=RunSettings)
+    grid: Grid
+    exclude: list[Rule] = Field(default_factory=list)
+    include: list[dict[str, Any]] = Field(default_factory=list)
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+    data_dir: str | None = Field(None, description="default data_dir for every task that takes one")
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _executor_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+
+def _pydantic_message(err: dict, model: type[BaseModel] | None) -> str:
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden" and model is not None:
+        field = str(err["loc"][-1])
+        return f"unknown field '{field}'; {did_you_mean(field, model.model_fields)}"
+    if err["type"] == "missing":
+        return "required field is missing; add it"
+    got = err.get("input")
+    if got is not None and not isinstance(got, dict | list):
+        msg += f" (got {got!r})"
+    return msg
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The schema class that owns the last field of `loc` (for did-you-mean on unknown fields)."""
+    owners: dict[str, type[BaseModel]] = {"defaults": RunSettings, "grid": Grid, "executor": ExecutorSpec}
+    if len(loc) == 1:
+        return Suite
+    if len(loc) == 2:
+        return owners.get(str(loc[0]))
+    if len(loc) == 3 and loc[0] == "exclude":
+        return Rule
+    return None
+
+
+def load_suite(path: Path | str) -> tuple[Suite, dict[Loc, int]]:
+    """Read and validate a suite file. Raises UserError naming file, line and field."""
+    path = Path(path)
+    data, lines = load_yaml(path)
+    if data is None:
+        raise UserError(f"{path}: the file is empty; a suite needs at least 'name', 'grid.tasks' and 'grid.methods'")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}:1: a suite must be a mapping of fields (name, grid, ...), got {type(data).__name__}")
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        raise UserError(f"{where(path, lines, loc)}: {_pydantic_message(err, _model_at(loc))}") from None
+    return suite, lines

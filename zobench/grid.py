@@ -1,0 +1,178 @@
+"""Expand a suite into run specs: the matrix, exclude/include rules, per-component settings, run ids."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from zobench import registry
+from zobench.config import Component, Loc, Rule, RunSettings, Suite, _pydantic_message, where
+from zobench.errors import UserError
+
+AXES = {"model": "models", "task": "tasks", "method": "methods", "scheme": "schemes"}
+UNHASHED = {"data_dir"}  # where data lives is not what the run is
+
+
+class Resolved(BaseModel):
+    """A component with its parameters validated and defaults filled in."""
+
+    name: str
+    label: str
+    params: dict[str, Any]
+
+
+class RunSpec(BaseModel):
+    suite: str
+    model: Resolved
+    task: Resolved
+    method: Resolved
+    scheme: Resolved
+    seed: int
+    settings: RunSettings
+
+    def hashed(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude={"suite"})
+        for axis in AXES:
+            data[axis]["params"] = {k: v for k, v in data[axis]["params"].items() if k not in UNHASHED}
+            data[axis].pop("label")
+        return data
+
+    @property
+    def spec_hash(self) -> str:
+        blob = json.dumps(self.hashed(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    @property
+    def run_id(self) -> str:
+        parts = [self.task.label, self.model.label, self.method.label, self.scheme.label, f"s{self.seed}"]
+        slug = re.sub(r"[^A-Za-z0-9.=-]+", "-", "_".join(parts).replace("/", "-"))[:100]
+        return f"{slug}_{self.spec_hash}"
+
+
+def resolve(axis: str, comp: Component, path: Path, lines: dict[Loc, int], loc: Loc,
+            defaults: dict[str, Any] | None = None) -> Resolved:
+    """Validate a component against its registry entry's `Params`."""
+    reg = registry.REGISTRIES[AXES[axis]]
+    try:
+        entry = reg.get(comp.name)
+    except registry.UnknownName as e:
+        if axis == "model" and ("/" in comp.name or Path(comp.name).exists()):
+            entry, comp = reg.get("hf"), Component(name="hf", label=comp.label or comp.name,
+                                                   id=comp.name, **comp.params)
+        else:
+            raise UserError(f"{where(path, lines, (*loc, 'name'))}: {e}") from None
+    params = {**(defaults or {}), **comp.params}
+    schema: type[BaseModel] | None = getattr(entry, "Params", None)
+    if schema is None:
+        if comp.params:
+            raise UserError(f"{where(path, lines, loc)}: {axis} '{comp.name}' takes no parameters, "
+                            f"got {sorted(comp.params)}")
+        return Resolved(name=comp.name, label=comp.display, params={})
+    params = {k: v for k, v in params.items() if k in schema.model_fields or k in comp.params}
+    try:
+        checked = schema.model_validate(params)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"{where(path, lines, (*loc, *err['loc']))}: "
+                        f"{_pydantic_message(err, schema)}") from None
+    return Resolved(name=comp.name, label=comp.display, params=checked.model_dump(mode="json"))
+
+
+def _matches(rule: Rule, cell: dict[str, Any]) -> bool:
+    for key, want in rule.model_dump(exclude_none=True).items():
+        got = cell[key] if key == "seed" else cell[key].label
+        if got not in (want if isinstance(want, list) else [want]):
+            return False
+    return True
+
+
+def _settings(suite: Suite, comps: list[Component], path: Path, lines: dict[Loc, int],
+              locs: list[Loc]) -> RunSettings:
+    merged = suite.defaults.model_dump()
+    for comp, loc in zip(comps, locs, strict=True):
+        merged.update(comp.settings)
+    try:
+        return RunSettings.model_validate(merged)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = next((lo for c, lo in zip(comps, locs, strict=True) if err["loc"][0] in c.settings), ("defaults",))
+        raise UserError(f"{where(path, lines, (*loc, 'settings', *err['loc']))}: "
+                        f"{_pydantic_message(err, RunSettings)}") from None
+
+
+def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
+           data_dir: str | None = None) -> list[RunSpec]:
+    """The suite's runs, in a stable order, validated against the registries."""
+    path, lines = Path(path), lines or {}
+    if data_dir:  # from the command line: relative to the current folder
+        data_dir = str(Path(data_dir).resolve())
+    elif suite.data_dir:  # from the suite: relative to the suite file
+        data_dir = str((path.parent / suite.data_dir).resolve())
+    task_defaults = {"data_dir": data_dir} if data_dir else {}
+
+    resolved: dict[str, list[tuple[Resolved, Component, Loc]]] = {}
+    for axis, field in AXES.items():
+        seen: dict[str, int] = {}
+        rows = []
+        for i, comp in enumerate(getattr(suite.grid, field)):
+            loc: Loc = ("grid", field, i)
+            r = resolve(axis, comp, path, lines, loc, task_defaults if axis == "task" else None)
+            if r.label in seen:
+                raise UserError(f"{where(path, lines, loc)}: two {field} are labelled '{r.label}' "
+                                f"(also entry {seen[r.label]}); give each a distinct 'label'")
+            seen[r.label] = i
+            rows.append((r, comp, loc))
+        resolved[axis] = rows
+
+    cells: list[tuple] = list(itertools.product(*resolved.values(), suite.grid.seeds))
+    for j, extra in enumerate(suite.include):
+        cells.extend(_include_cells(extra, resolved, suite, path, lines, ("include", j)))
+
+    specs: dict[str, RunSpec] = {}
+    for (model, task, method, scheme, seed) in cells:
+        task_entry = registry.tasks.get(task[0].name)
+        needs_model = getattr(task_entry, "needs_model", True)
+        if not needs_model:
+            model = (Resolved(name="none", label="none", params={}), Component(name="none"), ())
+        elif model[0].name == "none":
+            raise UserError(f"{where(path, lines, task[2])}: task '{task[0].name}' needs a model; "
+                            f"add one under grid.models")
+        cell = {"model": model[0], "task": task[0], "method": method[0], "scheme": scheme[0], "seed": seed}
+        if any(_matches(rule, cell) for rule in suite.exclude):
+            continue
+        comps = [c for _, c, _ in (model, task, method, scheme)]
+        locs = [lo for _, _, lo in (model, task, method, scheme)]
+        spec = RunSpec(suite=suite.name, settings=_settings(suite, comps, path, lines, locs), **cell)
+        specs.setdefault(spec.run_id, spec)
+    if not specs:
+        raise UserError(f"{path}: the grid is empty after 'exclude'; loosen the exclude rules")
+    return list(specs.values())
+
+
+def _include_cells(extra: dict[str, Any], resolved: dict, suite: Suite, path: Path,
+                   lines: dict[Loc, int], loc: Loc) -> list[tuple]:
+    """An include entry names some axes (by label or as an inline component); the rest span the grid."""
+    axes = []
+    for axis, field in AXES.items():
+        if axis not in extra:
+            axes.append(resolved[axis])
+            continue
+        value = extra[axis]
+        known = {r.label: (r, c, lo) for r, c, lo in resolved[axis]}
+        if isinstance(value, str) and value in known:
+            axes.append([known[value]])
+        else:
+            comp = Component.model_validate({"name": value} if isinstance(value, str) else value)
+            axes.append([(resolve(axis, comp, path, lines, (*loc, axis)), comp, (*loc, axis))])
+    unknown = set(extra) - set(AXES) - {"seeds"}
+    if unknown:
+        raise UserError(f"{where(path, lines, loc)}: unknown include key(s) {sorted(unknown)}; "
+                        f"allowed: {', '.join([*AXES, 'seeds'])}")
+    seeds = extra.get("seeds", suite.grid.seeds)
+    return list(itertools.product(*axes, seeds))

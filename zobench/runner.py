@@ -1,0 +1,167 @@
+"""One RunSpec → one result. The only training loop in zobench.
+
+Builds model, scheme, task workload and method; steps with a fixed batch size; evaluates on dev on a
+schedule; reports the test metric at the best dev evaluation; records a curve row per logged step and
+a summary. A run that diverges, runs out of memory or crashes is recorded with that status.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+import torch
+
+from zobench import registry
+from zobench.errors import UserError
+from zobench.grid import RunSpec
+from zobench.measure import Clock, PeakMemory, environment
+from zobench.store import Store
+
+
+class Diverged(Exception):
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"loss became {loss} at step {step}")
+        self.step = step
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for but no GPU is visible; use device: auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Batches:
+    """Shuffled epochs of example indices, seeded; fixed batch size (the last partial batch is dropped)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, min(batch_size, n) if n else batch_size
+        self.rng = np.random.default_rng(seed)
+        self.order: list[int] = []
+
+    def next(self) -> list[int]:
+        if self.n == 0:
+            return []
+        if len(self.order) < self.batch_size:
+            self.order = [int(i) for i in self.rng.permutation(self.n)]
+        batch, self.order = self.order[: self.batch_size], self.order[self.batch_size:]
+        return batch
+
+
+def run(spec: RunSpec, store: Store, progress: Any = None) -> dict[str, Any]:
+    """Train and evaluate one run; write its folder; return its summary. Never raises for a bad run."""
+    run_id = spec.run_id
+    store.write_spec(run_id, spec.model_dump(mode="json"))
+    device = resolve_device(spec.settings.device)
+    summary: dict[str, Any] = {
+        "run_id": run_id, "spec_hash": spec.spec_hash, "suite": spec.suite, "seed": spec.seed,
+        "spec": spec.model_dump(mode="json"), "env": environment(device),
+    }
+    curve: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    memory = PeakMemory(device)
+    try:
+        with memory:
+            summary.update(_train(spec, device, curve, progress))
+        summary["status"] = "done"
+    except Diverged as e:
+        summary.update(status="diverged", diverged_at_step=e.step, error=str(e))
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        summary.update(status="oom", error=f"{type(e).__name__}: {e}")
+    except UserError:
+        raise
+    except Exception as e:  # the grid goes on; the traceback stays with the run
+        store.write_text(run_id, "traceback.txt", traceback.format_exc())
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+    summary["wall_s"] = time.perf_counter() - started
+    summary["memory"] = memory.record()
+    store.write_curve(run_id, curve)
+    store.write_summary(run_id, summary)
+    return summary
+
+
+def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], progress: Any) -> dict[str, Any]:
+    settings = spec.settings
+    seed_everything(spec.seed)
+    bundle = registry.models.get(spec.model.name).load(spec.model.params, device, spec.seed)
+    if bundle is not None:
+        registry.schemes.get(spec.scheme.name).apply(bundle.model, spec.scheme.params)
+    workload = registry.tasks.get(spec.task.name).build(spec.task.params, bundle, device, spec.seed)
+    method_cls = registry.methods.get(spec.method.name)
+    method = method_cls(workload.trainable(), method_cls.Params.model_validate(spec.method.params), spec.seed)
+    workload.module.train(method.needs_grad)  # ZO: both forwards must see the same network (no dropout)
+    if not method.needs_grad:
+        workload.module.requires_grad_(False)  # nothing to record for autograd
+
+    clock = Clock(device)
+    metric, sign = workload.metric, (1 if workload.higher_is_better else -1)
+    best: dict[str, Any] = {"score": -math.inf, "step": None, "dev": None, "state": None}
+
+    def evaluate_dev(step: int, row: dict[str, Any]) -> None:
+        with clock.phase("evaluation"):
+            dev = workload.evaluate("dev")
+        row.update({f"dev_{k}": v for k, v in dev.items()})
+        if settings.select == "last" or sign * dev[metric] > best["score"]:
+            best.update(score=sign * dev[metric], step=step, dev=dev)
+            if settings.select == "best-dev":
+                best["state"] = {k: v.detach().to("cpu", copy=True)
+                                 for k, v in workload.module.named_parameters() if v in set(method.params)}
+
+    if settings.eval_at_start:
+        row = {"step": 0, "forward_passes": 0, "backward_passes": 0, "wall_s": 0.0}
+        evaluate_dev(0, row)
+        curve.append(row)
+        best["initial"] = row.get(f"dev_{metric}")
+
+    batches = Batches(workload.train_size, settings.batch_size, spec.seed)
+    step_times: list[float] = []
+    eval_every = settings.eval_every or settings.steps
+    steps_done, train_loss = 0, float("nan")
+    for step in range(1, settings.steps + 1):
+        batch = workload.make_batch(batches.next())
+        start = time.perf_counter()
+        with clock.phase("step"):
+            train_loss = method.step(lambda b=batch: workload.loss(b))
+        step_times.append(time.perf_counter() - start)
+        steps_done = step
+        if not math.isfinite(train_loss):
+            raise Diverged(step, train_loss)
+        row = {"step": step, "forward_passes": method.forward_passes, "backward_passes": method.backward_passes,
+               "wall_s": clock.totals["step"], "train_loss": train_loss}
+        out_of_time = settings.max_seconds is not None and clock.totals["step"] > settings.max_seconds
+        if step % eval_every == 0 or step == settings.steps or out_of_time:
+            evaluate_dev(step, row)
+        if step % settings.log_every == 0 or len(row) > 5:
+            curve.append(row)
+        if progress is not None:
+            progress(step, settings.steps, train_loss)
+        if out_of_time:
+            break
+
+    if best["state"] is not None and best["step"] != steps_done:
+        workload.module.load_state_dict(best["state"], strict=False)
+    with clock.phase("evaluation"):
+        test = workload.evaluate("test")
+    return {
+        "metric": metric, "higher_is_better": workload.higher_is_better,
+        "test": test, "test_metric": test[metric], "best_dev": best["dev"], "best_step": best["step"],
+        "initial_dev_metric": best.get("initial"), "final_train_loss": train_loss, "steps": steps_done,
+        "forward_passes": method.forward_passes, "backward_passes": method.backward_passes,
+        "train_s": clock.totals.get("step", 0.0), "eval_s": clock.totals.get("evaluation", 0.0),
+        "median_step_s": statistics.median(step_times) if step_times else None,
+        "state_bytes": method.state_bytes(),
+        "trainable_params": sum(p.numel() for p in method.params), "info": workload.info,
+    }

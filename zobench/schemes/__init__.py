@@ -1,0 +1,3 @@
+"""Tuning schemes: which parameters a method trains."""
+
+from zobench.schemes import full  # noqa: F401
