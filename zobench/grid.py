@@ -95,7 +95,7 @@ def _matches(rule: Rule, cell: dict[str, Any]) -> bool:
 def _settings(suite: Suite, comps: list[Component], path: Path, lines: dict[Loc, int],
               locs: list[Loc]) -> RunSettings:
     merged = suite.defaults.model_dump()
-    for comp, loc in zip(comps, locs, strict=True):
+    for comp in comps:
         merged.update(comp.settings)
     try:
         return RunSettings.model_validate(merged)
@@ -159,7 +159,7 @@ def _include_cells(extra: dict[str, Any], resolved: dict, suite: Suite, path: Pa
                    lines: dict[Loc, int], loc: Loc) -> list[tuple]:
     """An include entry names some axes (by label or as an inline component); the rest span the grid."""
     axes = []
-    for axis, field in AXES.items():
+    for axis in AXES:
         if axis not in extra:
             axes.append(resolved[axis])
             continue

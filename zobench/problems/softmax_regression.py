@@ -54,11 +54,11 @@ class SoftmaxRegressionTask(Task):
               seed: int) -> Workload:
         p = SoftmaxRegressionParams.model_validate(params)
         problem = SoftmaxRegression(p, seed).to(device)
-        start = float(problem())
+        start = float(problem().detach())
 
         @torch.no_grad()
         def evaluate(split: str) -> dict[str, float]:
-            gap = float(problem())  # L* = 0 without the regulariser
+            gap = float(problem().detach())  # L* = 0 without the regulariser
             return {"loss_gap": gap, "relative_gap": gap / start if start else 0.0}
 
         return Workload(module=problem, train_size=0, loss=lambda _batch: problem(), make_batch=lambda _i: None,
