@@ -60,7 +60,8 @@ def test_task_without_model_is_an_error(write_suite):
 
 
 def test_exclude_and_include(write_suite):
-    text = GOOD + "exclude:\n  - {method: fo-adam, seed: 1}\ninclude:\n  - {method: {name: fo-sgd, lr: 0.1}, seeds: [7]}\n"
+    text = GOOD + ("exclude:\n  - {method: fo-adam, seed: 1}\n"
+                   "include:\n  - {method: {name: fo-sgd, lr: 0.1}, seeds: [7]}\n")
     path = write_suite(text)
     suite, lines = load_suite(path)
     specs = expand(suite, path, lines)
