@@ -56,6 +56,9 @@ def run_cmd(
     data_dir: Annotated[str | None, typer.Option(help="local data folder for every task (overrides the suite)")] = None,
     rerun: Annotated[bool, typer.Option(help="run again even runs already done")] = False,
     report: Annotated[bool, typer.Option(help="build the HTML report at the end")] = True,
+    executor: Annotated[str | None, typer.Option(help="local | subprocess | slurm | ray (overrides the suite's "
+                                                      "executor.name; options from its executor.<NAME> section)")
+                        ] = None,
 ) -> None:
     """Run every cell of a suite's grid (skipping runs already done), then build its report."""
     from zobench.executors import pending
@@ -65,7 +68,8 @@ def run_cmd(
 
     try:
         suite, specs = plan(suite_file, data_dir)
-        executor_cls = executors.get(suite.executor.name)
+        engine = executor or suite.executor.name
+        executor_cls = executors.get(engine)  # its options were checked with the suite (file:line)
     except UserError as e:
         fail(e)
     store = Store(results, suite.name)
@@ -73,7 +77,7 @@ def run_cmd(
     err.print(f"suite [bold]{suite.name}[/]: {len(specs)} runs, {len(specs) - len(todo)} already done, "
               f"{len(todo)} to run")
     try:
-        executor_cls(suite.executor.options, console=err).run(todo, store)
+        executor_cls(suite.executor.options_for(engine), console=err).run(todo, store)
     except UserError as e:
         fail(e)
     from zobench.report.frame import method_task_table, runs_frame
@@ -88,6 +92,30 @@ def run_cmd(
     if report:
         page = build_report(store.dir, reports, description=suite.description)
         out.print(f"report:  {page}")
+
+
+@app.command(name="check")
+def check_cmd(
+    suite_file: Path,
+    against: Annotated[Path, typer.Option(help="the stored reference (JSON) to compare with")],
+    results: Annotated[Path | None, typer.Option(help="reuse this results root (runs only what is not done); "
+                                                      "default: a fresh temporary folder")] = None,
+    update: Annotated[bool, typer.Option(help="rewrite the reference from these runs, on purpose")] = False,
+    timing: Annotated[bool | None, typer.Option(help="also compare wall-clock (default: the suite's check.timing)")
+                      ] = None,
+    run: Annotated[bool, typer.Option(help="run what is not done; --no-run only reads --results")] = True,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads (pinned so sums repeat)")] = 1,
+) -> None:
+    """Regression check: run the suite and compare each run with a stored reference; exit 1 on drift."""
+    from zobench.check import run_check
+
+    try:
+        suite, specs = plan(suite_file)
+        code = run_check(suite, specs, against, results=results, update=update, timing=timing, run=run,
+                         threads=threads, out=out, err=err)
+    except UserError as e:
+        fail(e)
+    raise typer.Exit(code)
 
 
 @app.command(name="report")

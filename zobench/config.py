@@ -154,9 +154,73 @@ class Rule(Strict):
     seed: int | list[int] | None = None
 
 
-class ExecutorSpec(Strict):
+class ExecutorSpec(BaseModel):
+    """Which engine runs the suite (`name`; `zobench run --executor` picks another) and its options.
+
+    `options` belong to `name`'s engine; a key named after another engine holds that engine's options,
+    used when `--executor` picks it: `{name: local, slurm: {partition: gpu}, ray: {address: auto}}`.
+    """
+
+    model_config = ConfigDict(extra="allow")
     name: str = "local"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    def sections(self) -> dict[str, tuple[Loc, Any]]:
+        """Engine name → (where its options sit in the suite, the options)."""
+        out: dict[str, tuple[Loc, Any]] = {k: (("executor", k), v) for k, v in (self.model_extra or {}).items()}
+        if self.options or self.name not in out:
+            out[self.name] = (("executor", "options"), self.options)
+        return out
+
+    def options_for(self, name: str) -> dict[str, Any]:
+        """The options given for engine `name` (empty: its defaults)."""
+        return dict(self.sections().get(name, ((), {}))[1] or {})
+
+
+def check_executor(spec: ExecutorSpec, path: Path, lines: dict[Loc, int]) -> None:
+    """Every engine section names a registered executor and validates against its `Options` (file:line)."""
+    from zobench.registry import UnknownName, executors
+
+    extra = spec.model_extra or {}
+    if spec.options and spec.name in extra:
+        raise UserError(f"{where(path, lines, ('executor', spec.name))}: options for '{spec.name}' are given twice "
+                        f"(also in executor.options); keep one")
+    for name, (loc, options) in spec.sections().items():
+        try:
+            entry = executors.get(name)
+        except UnknownName as e:
+            if loc[-1] == "options":
+                raise UserError(f"{where(path, lines, ('executor', 'name'))}: {e}") from None
+            raise UserError(f"{where(path, lines, loc)}: unknown field '{name}' (executor takes name, options and "
+                            f"one section per engine); {did_you_mean(name, ['name', 'options', *executors.names()])}"
+                            ) from None
+        if not isinstance(options, dict):
+            raise UserError(f"{where(path, lines, loc)}: options for executor '{name}' must be a mapping "
+                            f"of option: value, got {type(options).__name__}")
+        schema: type[BaseModel] | None = getattr(entry, "Options", None)
+        if schema is None:
+            continue
+        try:
+            schema.model_validate(options)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise UserError(f"{where(path, lines, (*loc, *err['loc']))}: {_pydantic_message(err, schema)}") from None
+
+
+class Tolerance(Strict):
+    """A value holds when |got − reference| ≤ abs + rel·|reference|; both 0 means exactly equal."""
+
+    abs: float = Field(0.0, ge=0)
+    rel: float = Field(0.0, ge=0)
+
+
+class CheckSpec(Strict):
+    """How `zobench check` compares this suite's runs with its stored reference."""
+
+    tolerances: dict[str, Tolerance] = Field(default_factory=dict,
+                                             description="metric name or glob (e.g. 'test.*') → tolerance")
+    timing: bool = Field(False, description="also compare wall-clock metrics (noisy: give them a tolerance)")
+    ignore: list[str] = Field(default_factory=list, description="metric names or globs left out")
 
 
 class Suite(Strict):
@@ -169,6 +233,7 @@ class Suite(Strict):
     include: list[dict[str, Any]] = Field(default_factory=list)
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     data_dir: str | None = Field(None, description="default data_dir for every task that takes one")
+    check: CheckSpec = Field(default_factory=CheckSpec)
 
     @field_validator("executor", mode="before")
     @classmethod
@@ -191,13 +256,16 @@ def _pydantic_message(err: dict, model: type[BaseModel] | None) -> str:
 
 def _model_at(loc: Loc) -> type[BaseModel] | None:
     """The schema class that owns the last field of `loc` (for did-you-mean on unknown fields)."""
-    owners: dict[str, type[BaseModel]] = {"defaults": RunSettings, "grid": Grid, "executor": ExecutorSpec}
+    owners: dict[str, type[BaseModel]] = {"defaults": RunSettings, "grid": Grid, "executor": ExecutorSpec,
+                                          "check": CheckSpec}
     if len(loc) == 1:
         return Suite
     if len(loc) == 2:
         return owners.get(str(loc[0]))
     if len(loc) == 3 and loc[0] == "exclude":
         return Rule
+    if len(loc) == 4 and loc[:2] == ("check", "tolerances"):
+        return Tolerance
     return None
 
 
@@ -215,4 +283,5 @@ def load_suite(path: Path | str) -> tuple[Suite, dict[Loc, int]]:
         err = e.errors()[0]
         loc = tuple(err["loc"])
         raise UserError(f"{where(path, lines, loc)}: {_pydantic_message(err, _model_at(loc))}") from None
+    check_executor(suite.executor, path, lines)
     return suite, lines

@@ -10,6 +10,15 @@ class UserError(Exception):
     """Bad input: the message names the file, the field and the fix."""
 
 
+class FieldError(UserError):
+    """A bad value in one field of a component's parameters, found by its `check` hook.
+    The grid prefixes file, line and the field's path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def did_you_mean(name: str, allowed: Iterable[str]) -> str:
     """A hint listing the allowed values, with the closest one first when there is one."""
     allowed = sorted(allowed)

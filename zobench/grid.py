@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from zobench import registry
 from zobench.config import Component, Loc, Rule, RunSettings, Suite, _pydantic_message, where
-from zobench.errors import UserError
+from zobench.errors import FieldError, UserError
 
 AXES = {"model": "models", "task": "tasks", "method": "methods", "scheme": "schemes"}
 UNHASHED = {"data_dir"}  # where data lives is not what the run is
@@ -56,9 +56,11 @@ class RunSpec(BaseModel):
 
 
 def resolve(axis: str, comp: Component, path: Path, lines: dict[Loc, int], loc: Loc,
-            defaults: dict[str, Any] | None = None) -> Resolved:
-    """Validate a component against its registry entry's `Params`."""
+            defaults: dict[str, Any] | None = None, origins: dict[str, str] | None = None) -> Resolved:
+    """Validate a component against its registry entry's `Params`, then its `check` hook (files, paths).
+    `origins` says where a default came from (e.g. the suite's data_dir line), for error messages."""
     reg = registry.REGISTRIES[AXES[axis]]
+    given = set(comp.params)
     try:
         entry = reg.get(comp.name)
     except registry.UnknownName as e:
@@ -81,7 +83,17 @@ def resolve(axis: str, comp: Component, path: Path, lines: dict[Loc, int], loc: 
         err = e.errors()[0]
         raise UserError(f"{where(path, lines, (*loc, *err['loc']))}: "
                         f"{_pydantic_message(err, schema)}") from None
-    return Resolved(name=comp.name, label=comp.display, params=checked.model_dump(mode="json"))
+    params = checked.model_dump(mode="json")
+    check = getattr(entry, "check", None)
+    if check is not None:
+        try:
+            check(params)
+        except FieldError as e:
+            at = where(path, lines, (*loc, e.field) if e.field in given else loc)
+            if e.field not in given and e.field in (origins or {}):
+                at = (origins or {})[e.field]
+            raise UserError(f"{at}: {e}") from None
+    return Resolved(name=comp.name, label=comp.display, params=params)
 
 
 def _matches(rule: Rule, cell: dict[str, Any]) -> bool:
@@ -98,22 +110,36 @@ def _settings(suite: Suite, comps: list[Component], path: Path, lines: dict[Loc,
     for comp in comps:
         merged.update(comp.settings)
     try:
-        return RunSettings.model_validate(merged)
+        settings = RunSettings.model_validate(merged)
     except ValidationError as e:
         err = e.errors()[0]
         loc = next((lo for c, lo in zip(comps, locs, strict=True) if err["loc"][0] in c.settings), ("defaults",))
         raise UserError(f"{where(path, lines, (*loc, 'settings', *err['loc']))}: "
                         f"{_pydantic_message(err, RunSettings)}") from None
+    if settings.device == "cuda" and not _cuda_available():
+        loc = next(((*lo, "settings", "device") for c, lo in zip(comps, locs, strict=True) if "device" in c.settings),
+                   ("defaults", "device"))
+        raise UserError(f"{where(path, lines, loc)}: device 'cuda' is asked for but no GPU is visible here; "
+                        f"use device: auto (GPU when there is one) or cpu")
+    return settings
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
            data_dir: str | None = None) -> list[RunSpec]:
     """The suite's runs, in a stable order, validated against the registries."""
     path, lines = Path(path), lines or {}
+    origins: dict[str, str] = {}
     if data_dir:  # from the command line: relative to the current folder
-        data_dir = str(Path(data_dir).resolve())
+        data_dir, origins["data_dir"] = str(Path(data_dir).resolve()), "--data-dir"
     elif suite.data_dir:  # from the suite: relative to the suite file
         data_dir = str((path.parent / suite.data_dir).resolve())
+        origins["data_dir"] = where(path, lines, ("data_dir",)) + " (relative to the suite file)"
     task_defaults = {"data_dir": data_dir} if data_dir else {}
 
     resolved: dict[str, list[tuple[Resolved, Component, Loc]]] = {}
@@ -122,7 +148,7 @@ def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
         rows = []
         for i, comp in enumerate(getattr(suite.grid, field)):
             loc: Loc = ("grid", field, i)
-            r = resolve(axis, comp, path, lines, loc, task_defaults if axis == "task" else None)
+            r = resolve(axis, comp, path, lines, loc, task_defaults if axis == "task" else None, origins)
             if r.label in seen:
                 raise UserError(f"{where(path, lines, loc)}: two {field} are labelled '{r.label}' "
                                 f"(also entry {seen[r.label]}); give each a distinct 'label'")

@@ -1,21 +1,42 @@
-"""Honest measurement: CUDA-synchronised timers and peak memory from three labelled sources.
+"""Honest measurement: CUDA-synchronised phase timers and peak memory from three labelled sources.
 
+Timers: a `Clock` times named phases (forward, perturbation, update, backward, evaluation, step),
+synchronising the device at each boundary so GPU work is counted in the phase that queued it. Code deep
+in a method calls `phase("perturbation")`, which times into the clock the runner activated and costs one
+context-variable lookup when none is active.
+
+Memory: `PeakMemory` records, per run and per window (setup, inference, train, evaluation):
+- `rss`: the process's peak resident set, from the kernel's high-water mark (Linux VmHWM, reset per
+  window through /proc/self/clear_refs) where possible, else from psutil samples taken on a thread;
+- `nvml`: device memory through pynvml, this process's own where the driver reports it, else device used
+  minus the baseline taken before the run (sampled on a thread);
+- `torch_allocator`: torch.cuda.max_memory_allocated, reset per window.
 A source that is unavailable (no GPU, no NVML) is absent from the record, never zero.
 """
 
 from __future__ import annotations
 
+import contextvars
+import ctypes
+import gc
 import os
 import platform
+import statistics
 import subprocess
+import sys
 import threading
 import time
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import psutil
 import torch
+
+PHASES = ("forward", "perturbation", "update", "backward", "evaluation")
+_NULL = nullcontext()
+_ACTIVE: contextvars.ContextVar[Clock | None] = contextvars.ContextVar("zobench_clock", default=None)
 
 
 def sync(device: torch.device) -> None:
@@ -23,22 +44,118 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# --------------------------------------------------------------------------- timers
 class Clock:
-    """Wall-clock per named phase, synchronised with the device so GPU work is counted where it happens."""
+    """Wall-clock per named phase, synchronised with the device so GPU work is counted where it happens.
+
+    `totals` accumulate over the run; `lap()` returns what each phase took since the previous lap (one
+    training step), so medians per step can be reported. A phase nested in itself counts once.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.totals: dict[str, float] = {}
+        self._lap_start: dict[str, float] = {}
+        self._open: set[str] = set()
+        self.steps: dict[str, list[float]] = {}
+        self._token: contextvars.Token | None = None
 
     @contextmanager
-    def phase(self, name: str):
+    def phase(self, name: str) -> Iterator[None]:
+        if name in self._open:  # e.g. the runner and the engine both time "forward": count it once
+            yield
+            return
         sync(self.device)
+        self._open.add(name)
         start = time.perf_counter()
         try:
             yield
         finally:
             sync(self.device)
             self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
+            self._open.discard(name)
+
+    def lap(self) -> dict[str, float]:
+        """Seconds per phase since the previous lap (phases that did not run are left out)."""
+        out = {k: v - self._lap_start.get(k, 0.0) for k, v in self.totals.items()}
+        self._lap_start = dict(self.totals)
+        out = {k: v for k, v in out.items() if v > 0.0}
+        for k, v in out.items():
+            self.steps.setdefault(k, []).append(v)
+        return out
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """{phase: {total_s, median_s (per lap it ran in), laps}}."""
+        return {k: {"total_s": v, "median_s": statistics.median(self.steps[k]) if self.steps.get(k) else None,
+                    "laps": len(self.steps.get(k, []))} for k, v in self.totals.items()}
+
+    def __enter__(self) -> Clock:
+        """Make this the clock that `phase()` times into (for code that has no handle on it)."""
+        self._token = _ACTIVE.set(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._token is not None:
+            _ACTIVE.reset(self._token)
+            self._token = None
+
+
+def phase(name: str):
+    """Time a block into the active clock; a shared no-op context when no clock is active.
+
+    Use in methods: `with phase("perturbation"): ...`. Names in PHASES are reported in the runner's
+    summary and curves; other names are recorded too.
+    """
+    clock = _ACTIVE.get()
+    return _NULL if clock is None else clock.phase(name)
+
+
+def active_clock() -> Clock | None:
+    return _ACTIVE.get()
+
+
+def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap `fn` so every call is timed as phase `name` (the runner wraps the loss as "forward")."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with phase(name):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- memory
+def _malloc_trim() -> None:
+    """Hand freed heap pages back to the OS (glibc), so a run's RSS baseline is not an earlier run's garbage."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+class _KernelHWM:
+    """Linux VmHWM (peak RSS, exact, kept by the kernel); reset by writing 5 to /proc/self/clear_refs."""
+
+    source = "kernel VmHWM (peak RSS), reset per window"
+
+    def __init__(self) -> None:
+        self.reset()  # raises OSError where the file is absent or not writable
+        if self.read() is None:
+            raise OSError("no VmHWM line in /proc/self/status")
+
+    @staticmethod
+    def read() -> int | None:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return None
+
+    @staticmethod
+    def reset() -> None:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
 
 
 class _NVML:
@@ -69,56 +186,148 @@ class _NVML:
 
 
 class PeakMemory:
-    """Samples RSS (and NVML when on a GPU) on a thread; reads the torch allocator's peak at the end."""
+    """Peak memory over a run and per named window, from every source this machine offers.
+
+    Windows are sequential: `with memory.window("evaluation")` inside the "train" window closes the
+    train segment, and reopens it on exit; a window seen twice keeps its maximum.
+    """
 
     def __init__(self, device: torch.device, interval: float = 0.02) -> None:
         self.device = device
         self.interval = interval
         self.process = psutil.Process()
         self.peaks: dict[str, int] = {}
+        self.windows: dict[str, dict[str, int]] = {}
+        self.baseline: dict[str, int] = {}
+        self.current = "setup"
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._hwm: _KernelHWM | None = None
         self._nvml: _NVML | None = None
-        if device.type == "cuda":
-            try:
-                self._nvml = _NVML(device)
-            except Exception:  # no driver library, no permission: the NVML figure is absent
-                self._nvml = None
+        self._cuda = device.type == "cuda"
+
+    # -- sampling (thread) --------------------------------------------------------------------
+    def _note(self, source: str, value: int, window: str | None = None) -> None:
+        with self._lock:
+            self.peaks[source] = max(self.peaks.get(source, 0), value)
+            w = self.windows.setdefault(window or self.current, {})
+            w[source] = max(w.get(source, 0), value)
 
     def _sample(self) -> None:
-        rss = self.process.memory_info().rss
-        self.peaks["rss"] = max(self.peaks.get("rss", 0), rss)
+        if self._hwm is None:
+            self._note("rss", self.process.memory_info().rss)
         if self._nvml is not None:
             used = self._nvml.read()
             if used is not None:
-                self.peaks["nvml"] = max(self.peaks.get("nvml", 0), used)
+                self._note("nvml", used)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             self._sample()
 
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
+    # -- windows ------------------------------------------------------------------------------
+    def _close_segment(self) -> None:
+        """Attribute the exact peaks (kernel HWM, torch allocator) of the segment that ends now."""
+        if self._hwm is not None:
+            peak = self._hwm.read()
+            if peak is not None:
+                self._note("rss", peak, self.current)
+        if self._cuda:
+            self._note("torch_allocator", int(torch.cuda.max_memory_allocated(self.device)), self.current)
+
+    def _open_segment(self, name: str) -> None:
+        self.current = name
+        if self._hwm is not None:
+            self._hwm.reset()
+        if self._cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         self._sample()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+
+    def switch(self, name: str) -> None:
+        """End the current window's segment and start one for `name`."""
+        self._close_segment()
+        self._open_segment(name)
+
+    @contextmanager
+    def window(self, name: str) -> Iterator[None]:
+        previous = self.current
+        self.switch(name)
+        try:
+            yield
+        finally:
+            self.switch(previous)
+
+    # -- run ----------------------------------------------------------------------------------
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        _malloc_trim()
+        try:
+            self._hwm = _KernelHWM()
+        except OSError:
+            self._hwm = None
+        if self._cuda:
+            torch.cuda.empty_cache()
+            try:
+                self._nvml = _NVML(self.device)
+                self.baseline["nvml"] = int(self._nvml.read() or 0)
+            except Exception:  # no driver library, no permission: the NVML figure is absent
+                self._nvml = None
+            self.baseline["torch_allocator"] = int(torch.cuda.memory_allocated(self.device))
+        self.baseline["rss"] = int(self.process.memory_info().rss)
+        self._open_segment("setup")
+        if self._hwm is None or self._nvml is not None:  # something to sample
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         self._sample()
-        if self.device.type == "cuda":
-            self.peaks["torch_allocator"] = int(torch.cuda.max_memory_allocated(self.device))
+        self._close_segment()
+
+    def sources(self) -> dict[str, str]:
+        out = {"rss": self._hwm.source if self._hwm is not None else f"psutil RSS sampled every {self.interval}s",
+               "torch_allocator": "torch.cuda.max_memory_allocated, reset per window"}
+        if self._nvml is not None:
+            out["nvml"] = self._nvml.source + f", sampled every {self.interval}s"
+        return out
 
     def record(self) -> dict[str, dict[str, Any]]:
-        """{name: {bytes, source}} for each source that was measured."""
-        sources = {"rss": "psutil process RSS (sampled)", "torch_allocator": "torch.cuda.max_memory_allocated"}
-        if self._nvml is not None:
-            sources["nvml"] = self._nvml.source
-        return {k: {"bytes": v, "source": sources[k]} for k, v in self.peaks.items()}
+        """{name: {bytes, source, baseline_bytes}} for each source that was measured over the whole run."""
+        sources = self.sources()
+        return {k: {"bytes": v, "source": sources[k], "baseline_bytes": self.baseline.get(k)}
+                for k, v in self.peaks.items()}
+
+    def by_window(self) -> dict[str, dict[str, int]]:
+        """{window: {source: peak bytes}}: setup (loading), inference (forward-only probe), train, evaluation."""
+        return {w: dict(v) for w, v in self.windows.items()}
 
 
+# --------------------------------------------------------------------------- inference probe
+def inference_probe(loss: Callable[[Any], torch.Tensor], module: torch.nn.Module, batch: Any,
+                    device: torch.device, repeats: int = 2) -> list[float]:
+    """Forward-only passes of the training loss on one training batch, without autograd: the memory and
+    time a ZO step should approach. Leaves RNG state and the module's train/eval mode as they were."""
+    times = []
+    was_training = module.training
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        module.eval()
+        try:
+            for _ in range(repeats):
+                sync(device)
+                start = time.perf_counter()
+                float(loss(batch))
+                sync(device)
+                times.append(time.perf_counter() - start)
+        finally:
+            module.train(was_training)
+    return times
+
+
+# --------------------------------------------------------------------------- provenance
 def _version(pkg: str) -> str | None:
     try:
         return version(pkg)
@@ -126,26 +335,47 @@ def _version(pkg: str) -> str | None:
         return None
 
 
-def git_revision() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
                              cwd=os.path.dirname(__file__))
-        return out.stdout.strip() or None
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def git_revision() -> str | None:
+    rev = _git("rev-parse", "--short", "HEAD")
+    if rev and _git("status", "--porcelain", "--untracked-files=no"):
+        rev += "+dirty"
+    return rev or None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Where a number came from: device, driver, package versions, git revision."""
     env: dict[str, Any] = {
-        "device": str(device), "host": platform.node(), "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-        "packages": {p: _version(p) for p in ("zobench", "torch", "transformers", "peft", "datasets")},
+        "device": str(device), "host": platform.node(), "platform": platform.platform(),
+        "python": platform.python_version(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+        "memory_total_bytes": psutil.virtual_memory().total, "torch_threads": torch.get_num_threads(),
+        "packages": {p: _version(p) for p in ("zobench", "torch", "transformers", "peft", "datasets", "numpy",
+                                              "pandas", "nvidia-ml-py")},
         "git_revision": git_revision(),
     }
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
+        env["device_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
         try:
             import pynvml
 

@@ -7,7 +7,9 @@ a summary. A run that diverges, runs out of memory or crashes is recorded with t
 
 from __future__ import annotations
 
+import gc
 import math
+import os
 import random
 import statistics
 import time
@@ -20,7 +22,7 @@ import torch
 from zobench import registry
 from zobench.errors import UserError
 from zobench.grid import RunSpec
-from zobench.measure import Clock, PeakMemory, environment
+from zobench.measure import Clock, PeakMemory, environment, inference_probe, timed
 from zobench.store import Store
 
 
@@ -69,31 +71,40 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "run_id": run_id, "spec_hash": spec.spec_hash, "suite": spec.suite, "seed": spec.seed,
         "spec": spec.model_dump(mode="json"), "env": environment(device),
+        "attempt": len(store.attempts(run_id)) or None, "pid": os.getpid(),
     }
     curve: list[dict[str, Any]] = []
     started = time.perf_counter()
-    memory = PeakMemory(device)
+    memory, clock = PeakMemory(device), Clock(device)
     try:
-        with memory:
-            summary.update(_train(spec, device, curve, progress))
+        with memory, clock:
+            summary.update(_train(spec, device, curve, progress, memory, clock))
         summary["status"] = "done"
     except Diverged as e:
         summary.update(status="diverged", diverged_at_step=e.step, error=str(e))
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
         summary.update(status="oom", error=f"{type(e).__name__}: {e}")
-    except UserError:
-        raise
-    except Exception as e:  # the grid goes on; the traceback stays with the run
-        store.write_text(run_id, "traceback.txt", traceback.format_exc())
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+    except Exception as e:  # the grid goes on (a UserError here too: planning checked what it could)
+        if isinstance(e, RuntimeError) and "out of memory" in str(e):  # CUDA errors not typed as OOM (cuBLAS)
+            summary.update(status="oom", error=f"{type(e).__name__}: {e}")
+        else:
+            store.write_text(run_id, "traceback.txt", traceback.format_exc())
+            summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+    if summary.get("status") == "oom":  # free what the failed run held so the next one starts clean
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     summary["wall_s"] = time.perf_counter() - started
     summary["memory"] = memory.record()
+    summary["memory_by_phase"] = memory.by_window()  # setup / inference probe / train / evaluation
+    summary["phases"] = clock.summary()
     store.write_curve(run_id, curve)
     store.write_summary(run_id, summary)
     return summary
 
 
-def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], progress: Any) -> dict[str, Any]:
+def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], progress: Any,
+           memory: PeakMemory, clock: Clock) -> dict[str, Any]:
     settings = spec.settings
     seed_everything(spec.seed)
     bundle = registry.models.get(spec.model.name).load(spec.model.params, device, spec.seed)
@@ -106,12 +117,18 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
     if not method.needs_grad:
         workload.module.requires_grad_(False)  # nothing to record for autograd
 
-    clock = Clock(device)
+    # forward-only passes on a training-sized batch: the inference peak a ZO step should approach
+    probe_batch = workload.make_batch(list(range(min(settings.batch_size, workload.train_size))))
+    with memory.window("inference"):
+        probe_s = inference_probe(workload.loss, workload.module, probe_batch, device)
+    del probe_batch
+    memory.switch("train")
+    loss = timed("forward", workload.loss)
     metric, sign = workload.metric, (1 if workload.higher_is_better else -1)
     best: dict[str, Any] = {"score": -math.inf, "step": None, "dev": None, "state": None}
 
     def evaluate_dev(step: int, row: dict[str, Any]) -> None:
-        with clock.phase("evaluation"):
+        with clock.phase("evaluation"), memory.window("evaluation"):
             dev = workload.evaluate("dev")
         row.update({f"dev_{k}": v for k, v in dev.items()})
         if settings.select == "last" or sign * dev[metric] > best["score"]:
@@ -132,19 +149,19 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
     steps_done, train_loss = 0, float("nan")
     for step in range(1, settings.steps + 1):
         batch = workload.make_batch(batches.next())
-        start = time.perf_counter()
         with clock.phase("step"):
-            train_loss = method.step(lambda b=batch: workload.loss(b))
-        step_times.append(time.perf_counter() - start)
+            train_loss = method.step(lambda b=batch: loss(b))
+        lap = {k: v for k, v in clock.lap().items() if k != "evaluation"}  # this step's phases
+        step_times.append(lap.get("step", 0.0))
         steps_done = step
         if not math.isfinite(train_loss):
             raise Diverged(step, train_loss)
         row = {"step": step, "forward_passes": method.forward_passes, "backward_passes": method.backward_passes,
-               "wall_s": clock.totals["step"], "train_loss": train_loss}
+               "wall_s": clock.totals["step"], "train_loss": train_loss, **{f"{k}_s": v for k, v in lap.items()}}
         out_of_time = settings.max_seconds is not None and clock.totals["step"] > settings.max_seconds
         if step % eval_every == 0 or step == settings.steps or out_of_time:
             evaluate_dev(step, row)
-        if step % settings.log_every == 0 or len(row) > 5:
+        if step % settings.log_every == 0 or any(k.startswith("dev_") for k in row):
             curve.append(row)
         if progress is not None:
             progress(step, settings.steps, train_loss)
@@ -153,7 +170,7 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
 
     if best["state"] is not None and best["step"] != steps_done:
         workload.module.load_state_dict(best["state"], strict=False)
-    with clock.phase("evaluation"):
+    with clock.phase("evaluation"), memory.window("evaluation"):
         test = workload.evaluate("test")
     return {
         "metric": metric, "higher_is_better": workload.higher_is_better,
@@ -162,6 +179,7 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
         "forward_passes": method.forward_passes, "backward_passes": method.backward_passes,
         "train_s": clock.totals.get("step", 0.0), "eval_s": clock.totals.get("evaluation", 0.0),
         "median_step_s": statistics.median(step_times) if step_times else None,
+        "inference_forward_s": statistics.median(probe_s),
         "state_bytes": method.state_bytes(),
         "trainable_params": sum(p.numel() for p in method.params), "info": workload.info,
     }

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -11,6 +12,7 @@ from zobench import runner
 from zobench.grid import RunSpec
 from zobench.registry import executors
 from zobench.store import Store
+from zobench.worker import torch_threads
 
 
 def pending(specs: list[RunSpec], store: Store) -> list[RunSpec]:
@@ -18,11 +20,35 @@ def pending(specs: list[RunSpec], store: Store) -> list[RunSpec]:
     return [s for s in specs if not store.is_done(s.run_id, s.spec_hash)]
 
 
+def run_claimed(spec: RunSpec, store: Store, progress: Any = None, wait: bool = False) -> dict[str, Any] | None:
+    """Run one spec at most once across processes: under its lock, and only if it is not done by now.
+
+    Returns None when another process holds the run (and not `wait`); the stored summary when another
+    process finished it meanwhile; else the new summary. Every executor's worker should call this.
+    """
+    with store.claim(spec.run_id, wait=wait) as mine:
+        if not mine:
+            return None
+        if store.is_done(spec.run_id, spec.spec_hash):
+            return store.summary(spec.run_id)
+        store.begin(spec.run_id)
+        return runner.run(spec, store, progress)
+
+
+class ExecutorOptions(BaseModel):
+    """Options every executor takes; each executor's `Options` extends this (typos are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+    threads: PositiveInt | None = Field(None, description="torch/OpenMP threads per run; None: the executor's default")
+
+
 class Executor:
     """Runs specs and returns their summaries. Subclasses fan out elsewhere."""
 
+    Options: ClassVar[type[ExecutorOptions]] = ExecutorOptions
+
     def __init__(self, options: dict[str, Any] | None = None, console: Console | None = None) -> None:
-        self.options = options or {}
+        self.options = self.Options.model_validate(options or {})
         self.console = console or Console(stderr=True)
 
     def run(self, specs: list[RunSpec], store: Store) -> list[dict[str, Any]]:
@@ -31,25 +57,31 @@ class Executor:
 
 @executors.register("local")
 class LocalExecutor(Executor):
-    """In-process, sequential: the default."""
+    """In-process, sequential: the default (threads: torch's default unless `threads` is given)."""
 
     def run(self, specs: list[RunSpec], store: Store) -> list[dict[str, Any]]:
         summaries = []
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeElapsedColumn())
-        with Progress(*columns, console=self.console, transient=False) as bar:
+        with torch_threads(self.options.threads), Progress(*columns, console=self.console, transient=False) as bar:
             grid = bar.add_task("grid", total=len(specs), info="")
-            for spec in specs:
-                current = bar.add_task(f"  {spec.run_id[:60]}", total=spec.settings.steps, info="")
+            held_elsewhere: list[RunSpec] = []
+            for wait, batch in ((False, specs), (True, held_elsewhere)):  # runs another process holds: last
+                for spec in list(batch):
+                    current = bar.add_task(f"  {spec.run_id[:60]}", total=spec.settings.steps, info="")
 
-                def progress(step: int, total: int, loss: float, current: Any = current) -> None:
-                    bar.update(current, completed=step, info=f"loss {loss:.4g}")
+                    def progress(step: int, total: int, loss: float, current: Any = current) -> None:
+                        bar.update(current, completed=step, info=f"loss {loss:.4g}")
 
-                summary = runner.run(spec, store, progress)
-                bar.update(current, info=f"{summary['status']} {_headline(summary)}")
-                bar.stop_task(current)
-                bar.advance(grid)
-                summaries.append(summary)
+                    summary = run_claimed(spec, store, progress, wait=wait)
+                    bar.stop_task(current)
+                    if summary is None:
+                        held_elsewhere.append(spec)
+                        bar.update(current, info="another process is running it; back to it at the end")
+                        continue
+                    bar.update(current, info=f"{summary['status']} {_headline(summary)}")
+                    bar.advance(grid)
+                    summaries.append(summary)
         return summaries
 
 

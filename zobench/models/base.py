@@ -25,6 +25,11 @@ class ModelLoader:
     def load(cls, params: dict[str, Any], device: torch.device, seed: int) -> ModelBundle | None:
         raise NotImplementedError
 
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> None:
+        """Planning-time check of validated params (local path exists, ...): raise FieldError(field, why + fix).
+        Cheap, side-effect free, no network: it runs for every suite before anything is written."""
+
 
 @models.register("none")
 class NoModel(ModelLoader):

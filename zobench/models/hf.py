@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from zobench.errors import UserError
+from zobench.errors import FieldError, UserError
 from zobench.models.base import ModelBundle, ModelLoader
 from zobench.models.byte_tokenizer import byte_tokenizer
 from zobench.registry import models
@@ -42,6 +45,28 @@ def _tokenizer(name: str) -> Any:
     return tok
 
 
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def check_source(field: str, name: str, revision: str | None = None, model: bool = True) -> None:
+    """A local path must exist (with a config.json for a model); a hub id must be cached when the hub is offline."""
+    path = Path(name)
+    if path.exists():
+        if model and not (path / "config.json").is_file():
+            raise FieldError(field, f"'{name}' holds no config.json; point it at a folder written by save_pretrained")
+        return
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise FieldError(field, f"path '{name}' does not exist (relative paths are from the current folder); "
+                         f"fix the path or give a hub id")
+    if model and _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str):
+            raise FieldError(field, f"'{name}' is not in the local Hugging Face cache and the hub is offline "
+                             f"(HF_HUB_OFFLINE); download it once online, or give a local path")
+
+
 def _auto_class(model_type: str) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
@@ -53,6 +78,13 @@ class HFModel(ModelLoader):
     """A pretrained model by hub id or local path (transformers' from_pretrained)."""
 
     Params = HFParams
+
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> None:
+        p = HFParams.model_validate(params)
+        check_source("id", p.id, p.revision)
+        if p.tokenizer:
+            check_source("tokenizer", p.tokenizer, model=False)
 
     @classmethod
     def load(cls, params: dict[str, Any], device: torch.device, seed: int) -> ModelBundle:
@@ -74,6 +106,21 @@ class TinyModel(ModelLoader):
     """A random-initialised model from an inline transformers config (seeded), for tests and CPU demos."""
 
     Params = TinyParams
+
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> None:
+        p = TinyParams.model_validate(params)
+        from transformers import CONFIG_MAPPING
+
+        model_type = p.config.get("model_type")
+        if not model_type:
+            raise FieldError("config", "config needs 'model_type' (e.g. llama, opt, gpt2, bert)")
+        if model_type not in CONFIG_MAPPING:
+            close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=3)
+            hint = f"did you mean {' or '.join(map(repr, close))}?" if close else "e.g. llama, opt, gpt2, bert"
+            raise FieldError("config", f"unknown transformers model_type '{model_type}'; {hint}")
+        if p.tokenizer != "bytes":
+            check_source("tokenizer", p.tokenizer, model=False)
 
     @classmethod
     def load(cls, params: dict[str, Any], device: torch.device, seed: int) -> ModelBundle:

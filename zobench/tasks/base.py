@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from zobench.errors import UserError
+from zobench.errors import FieldError, UserError
 from zobench.models.base import ModelBundle
 from zobench.tasks.scoring import Choice, choice_loss, encode, option_scores
 from zobench.workload import Workload
@@ -26,6 +27,11 @@ class Task:
               seed: int) -> Workload:
         raise NotImplementedError
 
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> None:
+        """Planning-time check of validated params (files exist, ...): raise FieldError(field, why + fix).
+        Cheap and side-effect free: it runs for every suite before anything is written."""
+
 
 class ChoiceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -41,6 +47,21 @@ class ChoiceTask(Task):
     """Classification by the log-likelihood of each option's verbalizer (MeZO's large-model setting)."""
 
     Params = ChoiceParams
+    data_files: ClassVar[tuple[str, ...]] = ()  # what a local data_dir must hold
+
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> None:
+        data_dir = params.get("data_dir")
+        if not data_dir:
+            return
+        folder = Path(data_dir)
+        if not folder.is_dir():
+            raise FieldError("data_dir", f"data folder '{folder}' does not exist; point data_dir at a folder "
+                             f"holding {', '.join(cls.data_files) or 'the task files'} (or drop it to use the hub)")
+        missing = [name for name in cls.data_files if not (folder / name).is_file()]
+        if missing:
+            raise FieldError("data_dir", f"data folder '{folder}' lacks {', '.join(missing)}; "
+                             f"task '{cls.registered_name}' reads {', '.join(cls.data_files)} from it")
 
     @classmethod
     def rows(cls, split: str, data_dir: str | None, seed: int) -> list[dict[str, Any]]:

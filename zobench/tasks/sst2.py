@@ -24,6 +24,7 @@ class SST2(ChoiceTask):
     """GLUE SST-2 (Socher et al. 2013). Hub: glue/sst2. data_dir: GLUE's train.tsv and dev.tsv."""
 
     options = [" terrible", " great"]
+    data_files = ("train.tsv", "dev.tsv")
 
     @classmethod
     def rows(cls, split: str, data_dir: str | None, seed: int) -> list[dict[str, Any]]:

@@ -1,0 +1,208 @@
+"""Regression check: a suite's runs against a stored reference, metric by metric, under declared tolerances.
+
+`zobench check SUITE --against REF` runs the suite (in a fresh temporary folder, unless `--results`
+names one to reuse) and compares each run's summary with REF. Runs are keyed by their cell (task,
+model, method, scheme, seed), so a changed spec shows as a drifted `spec_hash` beside the metrics it
+moved, and a new method shows as a run missing from the reference. `--update` rewrites REF on purpose.
+Tolerances come from the suite's `check:` section; values without one must match exactly, and
+wall-clock metrics are left out unless asked for (`--timing` or `check.timing`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from tabulate import tabulate
+
+from zobench.config import CheckSpec, Suite, Tolerance
+from zobench.errors import UserError
+from zobench.grid import RunSpec
+from zobench.store import Store, atomic_write
+
+EXACT = ("status", "metric", "spec_hash", "steps", "best_step", "forward_passes", "backward_passes",
+         "state_bytes", "trainable_params", "diverged_at_step")
+VALUES = ("test_metric", "initial_dev_metric", "final_train_loss")
+NESTED = ("test", "best_dev")
+TIMING = ("wall_s", "train_s", "eval_s", "median_step_s")
+TIMING_DEFAULT = Tolerance(rel=0.5)  # wall-clock on a shared machine: only gross slow-downs are drift
+FORMAT = 1
+
+
+def cell_key(run_id: str) -> str:
+    """The run id without its spec hash: the same cell keeps its key when its spec changes."""
+    return run_id.rsplit("_", 1)[0]
+
+
+def metrics_of(summary: dict[str, Any], spec: CheckSpec) -> dict[str, Any]:
+    """The comparable values of one summary, flattened ('test.accuracy'); timing included, ignores dropped."""
+    out: dict[str, Any] = {k: summary[k] for k in (*EXACT, *VALUES, *TIMING) if k in summary}
+    for group in NESTED:
+        for k, v in (summary.get(group) or {}).items():
+            if isinstance(v, int | float | str | bool) or v is None:
+                out[f"{group}.{k}"] = v
+    for name in spec.tolerances:  # a suite may opt in to any other top-level number
+        if name in summary and isinstance(summary[name], int | float):
+            out[name] = summary[name]
+    return {k: v for k, v in out.items() if not any(fnmatch.fnmatchcase(k, g) for g in spec.ignore)}
+
+
+def tolerance_for(name: str, spec: CheckSpec) -> Tolerance | None:
+    """Exact name first, then the first matching glob, in the order the suite declares them."""
+    if name in spec.tolerances:
+        return spec.tolerances[name]
+    for pattern, tol in spec.tolerances.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return tol
+    return TIMING_DEFAULT if name in TIMING else None
+
+
+def holds(ref: Any, got: Any, tol: Tolerance | None) -> bool:
+    numbers = (int, float)
+    if isinstance(ref, bool) or isinstance(got, bool) or not (isinstance(ref, numbers) and isinstance(got, numbers)):
+        return ref == got
+    if math.isnan(ref) or math.isnan(got):
+        return math.isnan(ref) and math.isnan(got)
+    if tol is None or math.isinf(ref) or math.isinf(got):
+        return ref == got
+    return abs(got - ref) <= tol.abs + tol.rel * abs(ref)
+
+
+@dataclass
+class Drift:
+    run: str
+    metric: str
+    reference: Any
+    got: Any
+    tolerance: str
+
+    @property
+    def difference(self) -> str:
+        if isinstance(self.reference, int | float) and isinstance(self.got, int | float) \
+                and not isinstance(self.reference, bool) and not isinstance(self.got, bool):
+            diff = self.got - self.reference
+            rel = f" ({diff / abs(self.reference):+.2e} rel)" if self.reference else ""
+            return f"{diff:+.3e}{rel}"
+        return ""
+
+
+def _tol_text(tol: Tolerance | None) -> str:
+    if tol is None or (tol.abs == 0 and tol.rel == 0):
+        return "exact"
+    return " + ".join(part for part in (f"abs {tol.abs:g}" if tol.abs else "",
+                                        f"rel {tol.rel:g}" if tol.rel else "") if part)
+
+
+def compare(reference: dict[str, dict[str, Any]], runs: dict[str, dict[str, Any] | None], spec: CheckSpec,
+            timing: bool) -> tuple[list[Drift], int]:
+    """Drifts between reference and fresh runs (both keyed by cell), and how many values held or not."""
+    drifts: list[Drift] = []
+    compared = 0
+    for key in sorted(set(reference) | set(runs)):
+        if key not in reference:
+            drifts.append(Drift(key, "(run)", "absent", "present", "run not in the reference: --update adds it"))
+            continue
+        summary = runs.get(key)
+        if summary is None:
+            drifts.append(Drift(key, "(run)", "present", "absent", "no summary: the run did not finish"))
+            continue
+        ref, got = reference[key], metrics_of(summary, spec)
+        names = set(ref) | set(got)
+        names = {n for n in names if not any(fnmatch.fnmatchcase(n, g) for g in spec.ignore)}
+        if not timing:
+            names -= set(TIMING)
+        for name in sorted(names):
+            compared += 1
+            tol = tolerance_for(name, spec)
+            if name not in ref or name not in got:
+                drifts.append(Drift(key, name, ref.get(name, "(absent)"), got.get(name, "(absent)"), _tol_text(tol)))
+            elif not holds(ref[name], got[name], tol):
+                drifts.append(Drift(key, name, ref[name], got[name], _tol_text(tol)))
+    return drifts, compared
+
+
+# --------------------------------------------------------------------------- reference file
+def read_reference(path: Path, suite: str) -> dict[str, dict[str, Any]]:
+    if not path.exists():
+        raise UserError(f"{path}: no reference file; write one on purpose with "
+                        f"`zobench check SUITE --against {path} --update`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); rewrite it with --update") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), dict):
+        raise UserError(f"{path}: not a zobench reference (no 'runs' mapping); rewrite it with --update")
+    if data.get("suite") != suite:
+        raise UserError(f"{path}: this reference is for suite '{data.get('suite')}', not '{suite}'; "
+                        f"give the right --against file")
+    return data["runs"]
+
+
+def write_reference(path: Path, suite: Suite, runs: dict[str, dict[str, Any] | None]) -> None:
+    done = [s for s in runs.values() if s]
+    env = done[0].get("env", {}) if done else {}
+    data = {
+        "format": FORMAT, "suite": suite.name,
+        "note": "written by `zobench check --update`; compared by `zobench check` under the suite's check.tolerances",
+        "written": dt.datetime.now().isoformat(timespec="seconds"),
+        "env": {k: env.get(k) for k in ("device", "cpu", "python", "torch_threads", "packages", "git_revision")},
+        "runs": {key: metrics_of(s, suite.check) for key, s in sorted(runs.items()) if s},
+    }
+    atomic_write(path, (json.dumps(data, indent=1, sort_keys=False, default=str) + "\n").encode())
+
+
+# --------------------------------------------------------------------------- the verb
+def _run(specs: list[RunSpec], store: Store, threads: int, console: Console) -> None:
+    import torch
+
+    from zobench.executors.local import LocalExecutor, pending
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # CPU sums depend on the thread split: pin it so numbers repeat
+    try:
+        LocalExecutor({}, console=console).run(pending(specs, store), store)
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_check(suite: Suite, specs: list[RunSpec], against: Path, results: Path | None = None,
+              update: bool = False, timing: bool | None = None, run: bool = True, threads: int = 1,
+              out: Console | None = None, err: Console | None = None) -> int:
+    """Run (or read) the suite and compare with `against`; 0 when every value holds, 1 on drift."""
+    out, err = out or Console(), err or Console(stderr=True)
+    timing = suite.check.timing if timing is None else timing
+    reference = None if update else read_reference(against, suite.name)  # fail before hours of running
+    with tempfile.TemporaryDirectory(prefix="zobench-check-") as tmp:
+        store = Store(results or tmp, suite.name)
+        if run:
+            _run(specs, store, threads, err)
+        runs = {cell_key(s.run_id): store.summary(s.run_id) for s in specs}
+    if update:
+        write_reference(against, suite, runs)
+        bad = sorted(k for k, s in runs.items() if not s or s.get("status") != "done")
+        out.print(f"reference written: {against} ({len(runs)} runs)")
+        if bad:
+            out.print(f"note: {len(bad)} runs are not 'done' and are recorded as they are: {', '.join(bad)}")
+        return 0
+    assert reference is not None
+    drifts, compared = compare(reference, runs, suite.check, timing)
+    out.print(f"check {suite.name} against {against}: {len(runs)} runs, {compared} values compared, "
+              f"{len(drifts)} drifted{'' if timing else ' (timing not compared)'}")
+    if not drifts:
+        out.print("all hold")
+        return 0
+    rows = [(d.run, d.metric, _short(d.reference), _short(d.got), d.difference, d.tolerance) for d in drifts]
+    out.print(tabulate(rows, headers=("run", "metric", "reference", "got", "difference", "tolerance"),
+                       tablefmt="github"), highlight=False, soft_wrap=True)
+    return 1
+
+
+def _short(value: Any) -> str:
+    return f"{value:.10g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,107 @@
+"""What the executors that fan runs out share: two passes over the runs (runs another process holds
+go last, waiting for it), a progress display for runs finishing in any order, and the record of a run
+whose worker died before the runner could write one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from zobench.errors import UserError
+from zobench.executors.local import Executor
+from zobench.grid import RunSpec
+from zobench.measure import environment
+from zobench.store import Store
+
+
+class FanoutExecutor(Executor):
+    """Runs specs elsewhere (`fan`); a run another process holds comes back `held_elsewhere` and goes
+    out again at the end with `wait`, so it is run at most once and every run ends with a summary."""
+
+    def fan(self, specs: list[RunSpec], store: Store, wait: bool) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def run(self, specs: list[RunSpec], store: Store) -> list[dict[str, Any]]:
+        if not specs:
+            return []
+        out = {s["run_id"]: s for s in self.fan(specs, store, wait=False)}
+        held = [spec for spec in specs if out.get(spec.run_id, {}).get("held_elsewhere")]
+        if held:
+            self.console.print(f"{len(held)} run(s) held by another process: waiting for them", highlight=False)
+            out.update({s["run_id"]: s for s in self.fan(held, store, wait=True)})
+        return [out[s.run_id] for s in specs if s.run_id in out and not out[s.run_id].get("held_elsewhere")]
+
+
+class Board:
+    """One bar for the grid; a line per finished run (where it ran, status, headline)."""
+
+    def __init__(self, bar: Progress, total: int) -> None:
+        self.bar = bar
+        self.grid = bar.add_task("grid", total=total, info="")
+        self.running = 0
+
+    def started(self) -> None:
+        self.running += 1
+        self.bar.update(self.grid, info=f"{self.running} running")
+
+    def finished(self, spec: RunSpec, summary: dict[str, Any], where: str = "") -> None:
+        self.running = max(0, self.running - 1)
+        status = "held by another process" if summary.get("held_elsewhere") else summary.get("status", "?")
+        place = f" [{where}]" if where else ""
+        self.bar.console.print(f"  {spec.run_id[:70]}{place}: {status} {headline(summary)}", highlight=False)
+        self.bar.update(self.grid, advance=1, info=f"{self.running} running")
+
+
+@contextmanager
+def board(console: Console, total: int, title: str) -> Iterator[Board]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    console.print(title, highlight=False)
+    with Progress(*columns, console=console, transient=False) as bar:
+        yield Board(bar, total)
+
+
+def headline(summary: dict[str, Any]) -> str:
+    if summary.get("test_metric") is None:
+        return str(summary.get("error", ""))[:80]
+    return f"test {summary['metric']}={summary['test_metric']:.4g} ({summary.get('wall_s', 0):.1f}s)"
+
+
+def lost_run(spec: RunSpec, store: Store, error: str) -> dict[str, Any]:
+    """The summary for a run whose worker ended without writing one (killed, crashed, job cancelled).
+
+    A summary already there for this exact spec wins (the worker got that far); a run another process
+    has claimed since is left to it.
+    """
+    with store.claim(spec.run_id) as mine:
+        if not mine:
+            return {"held_elsewhere": True, "run_id": spec.run_id}
+        summary = store.summary(spec.run_id)
+        if summary and summary.get("spec_hash") == spec.spec_hash:
+            return summary
+        return _write_lost(spec, store, error)
+
+
+def _write_lost(spec: RunSpec, store: Store, error: str) -> dict[str, Any]:
+    import torch
+
+    summary = {
+        "run_id": spec.run_id, "spec_hash": spec.spec_hash, "suite": spec.suite, "seed": spec.seed,
+        "spec": spec.model_dump(mode="json"), "env": environment(torch.device("cpu")),
+        "status": "failed", "error": error, "recorded_by": "executor", "recorded_at": time.time(),
+    }
+    store.write_spec(spec.run_id, summary["spec"])
+    store.write_summary(spec.run_id, summary)
+    return summary
+
+
+def check_user_error(result: dict[str, Any]) -> dict[str, Any]:
+    """A worker's `{"user_error": ...}` becomes the UserError it was; a summary passes through."""
+    if "user_error" in result:
+        raise UserError(f"run {result.get('run_id', '?')}: {result['user_error']}")
+    return result

@@ -1,0 +1,170 @@
+"""`subprocess`: a fresh Python process per run, a pool of slots sized to the visible GPUs.
+
+Each run gets a clean CUDA context and its own NVML figures. A GPU slot pins its run with
+CUDA_VISIBLE_DEVICES; without a GPU the slots are CPU slots and each run gets `threads` CPU threads
+(OMP/MKL variables and torch), so two workers on two cores do not oversubscribe. The pool is
+`concurrent.futures`; the scheduling is the operating system's.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import queue
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import PositiveInt
+
+import zobench
+from zobench.errors import UserError
+from zobench.executors.fanout import FanoutExecutor, board, lost_run
+from zobench.executors.local import ExecutorOptions
+from zobench.grid import RunSpec
+from zobench.registry import executors
+from zobench.store import Store
+from zobench.worker import HELD_ELSEWHERE, thread_env
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (the container's or the job's share, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may hand out: CUDA_VISIBLE_DEVICES when set, else every device NVML sees.
+
+    NVML, not torch.cuda, so the parent never creates a CUDA context of its own.
+    """
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no library: no GPU to hand out
+        return []
+
+
+@dataclass
+class Slot:
+    """Where one run goes: its label for the display and the environment it gets."""
+
+    label: str
+    env: dict[str, str] = field(default_factory=dict)
+    threads: int = 1
+
+
+class PoolOptions(ExecutorOptions):
+    workers: PositiveInt | None = None  # runs at once; default: one per GPU slot, else CPUs // threads
+    gpus: list[str] | None = None  # GPU ids to use (default: all visible); [] forces CPU slots
+    runs_per_gpu: PositiveInt = 1  # small models can share a GPU
+    python: str | None = None  # interpreter for the workers (default: this one)
+
+
+@executors.register("subprocess")
+class SubprocessExecutor(FanoutExecutor):
+    """A fresh process per run; a pool sized to the visible GPUs (pinned), or CPU slots."""
+
+    Options = PoolOptions
+    options: PoolOptions
+
+    def slots(self) -> list[Slot]:
+        o, cpus = self.options, cpu_count()
+        gpus = visible_gpus() if o.gpus is None else o.gpus
+        if gpus:
+            ids = [g for g in gpus for _ in range(o.runs_per_gpu)]
+            if o.workers is not None:
+                ids = ids[: o.workers]
+            threads = o.threads or max(1, cpus // len(ids))
+            return [Slot(f"gpu {g}", {"CUDA_VISIBLE_DEVICES": g, **thread_env(threads)}, threads) for g in ids]
+        if o.workers is None:
+            threads = o.threads or 1
+            workers = max(1, cpus // threads)
+        else:
+            workers, threads = o.workers, o.threads or max(1, cpus // o.workers)
+        return [Slot(f"cpu slot {i}", {"CUDA_VISIBLE_DEVICES": "", **thread_env(threads)}, threads)
+                for i in range(workers)]
+
+    def fan(self, specs: list[RunSpec], store: Store, wait: bool) -> list[dict[str, Any]]:
+        slots = self.slots()
+        free: queue.Queue[Slot] = queue.Queue()
+        for slot in slots:
+            free.put(slot)
+        self._procs: dict[str, subprocess.Popen] = {}
+        results: dict[str, dict[str, Any]] = {}
+        kind = slots[0].label.split()[0]
+        title = f"subprocess pool: {len(slots)} {kind} slots, {slots[0].threads} thread(s) per run"
+        with board(self.console, len(specs), title) as b, cf.ThreadPoolExecutor(len(slots)) as pool:
+
+            def one(spec: RunSpec) -> tuple[dict[str, Any], str]:
+                slot = free.get()
+                try:
+                    b.started()
+                    return self._run_one(spec, store, slot, wait), slot.label
+                finally:
+                    free.put(slot)
+
+            futures: dict[cf.Future, RunSpec] = {pool.submit(one, spec): spec for spec in specs}
+            try:
+                todo = set(futures)
+                while todo:
+                    finished, todo = cf.wait(todo, return_when=cf.FIRST_COMPLETED)
+                    for fut in finished:
+                        summary, where = fut.result()
+                        spec = futures[fut]
+                        if "user_error" in summary:
+                            raise UserError(f"run {spec.run_id}: {summary['user_error']}")
+                        results[spec.run_id] = summary
+                        b.finished(spec, summary, where)
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                for proc in list(self._procs.values()):
+                    proc.kill()  # our own children, by handle
+                raise
+        return [results[s.run_id] for s in specs if s.run_id in results]
+
+    def _run_one(self, spec: RunSpec, store: Store, slot: Slot, wait: bool) -> dict[str, Any]:
+        """Start `python -m zobench.worker` for one spec; its output goes to the run's worker.log."""
+        root = str(Path(store.root).resolve())
+        env = {**os.environ, **slot.env}
+        package_parent = str(Path(zobench.__file__).resolve().parents[1])  # works from a plain checkout too
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+        cmd = [self.options.python or sys.executable, "-m", "zobench.worker", "-", "--results", root,
+               "--threads", str(slot.threads), *(["--wait"] if wait else [])]
+        log = store.run_dir(spec.run_id) / "worker.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=env)
+            self._procs[spec.run_id] = proc
+            try:
+                proc.communicate(spec.model_dump_json().encode())
+            finally:
+                self._procs.pop(spec.run_id, None)
+        if proc.returncode == HELD_ELSEWHERE:
+            return {"held_elsewhere": True, "run_id": spec.run_id}
+        if proc.returncode == 2:
+            lines = log.read_text(errors="replace").splitlines()
+            message = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), None)
+            if message:
+                return {"user_error": message}
+        if proc.returncode != 0:
+            how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+                   else f"exited with code {proc.returncode}")
+            return lost_run(spec, store, f"worker process {how} on {slot.label}; see {log}")
+        summary = store.summary(spec.run_id)
+        if summary is None or summary.get("spec_hash") != spec.spec_hash:
+            return lost_run(spec, store, f"worker exited cleanly but wrote no summary; see {log}")
+        return summary
