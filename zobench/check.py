@@ -177,6 +177,9 @@ def run_check(suite: Suite, specs: list[RunSpec], against: Path, results: Path |
               out: Console | None = None, err: Console | None = None) -> int:
     """Run (or read) the suite and compare with `against`; 0 when every value holds, 1 on drift."""
     out, err = out or Console(), err or Console(stderr=True)
+
+    def say(text: str) -> None:
+        out.print(text, highlight=False, soft_wrap=True, markup=False)
     timing = suite.check.timing if timing is None else timing
     reference = None if update else read_reference(against, suite.name)  # fail before hours of running
     with tempfile.TemporaryDirectory(prefix="zobench-check-") as tmp:
@@ -187,20 +190,19 @@ def run_check(suite: Suite, specs: list[RunSpec], against: Path, results: Path |
     if update:
         write_reference(against, suite, runs)
         bad = sorted(k for k, s in runs.items() if not s or s.get("status") != "done")
-        out.print(f"reference written: {against} ({len(runs)} runs)")
+        say(f"reference written: {against} ({len(runs)} runs)")
         if bad:
-            out.print(f"note: {len(bad)} runs are not 'done' and are recorded as they are: {', '.join(bad)}")
+            say(f"note: {len(bad)} runs are not 'done' and are recorded as they are: {', '.join(bad)}")
         return 0
     assert reference is not None
     drifts, compared = compare(reference, runs, suite.check, timing)
-    out.print(f"check {suite.name} against {against}: {len(runs)} runs, {compared} values compared, "
+    say(f"check {suite.name} against {against}: {len(runs)} runs, {compared} values compared, "
               f"{len(drifts)} drifted{'' if timing else ' (timing not compared)'}")
     if not drifts:
-        out.print("all hold")
+        say("all hold")
         return 0
     rows = [(d.run, d.metric, _short(d.reference), _short(d.got), d.difference, d.tolerance) for d in drifts]
-    out.print(tabulate(rows, headers=("run", "metric", "reference", "got", "difference", "tolerance"),
-                       tablefmt="github"), highlight=False, soft_wrap=True)
+    say(tabulate(rows, headers=("run", "metric", "reference", "got", "difference", "tolerance"), tablefmt="github"))
     return 1
 
 

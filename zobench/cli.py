@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from zobench import registry
 from zobench.config import load_suite
@@ -20,7 +21,7 @@ err = Console(stderr=True)
 
 
 def fail(e: Exception) -> None:
-    err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -73,7 +74,10 @@ def run_cmd(
     except UserError as e:
         fail(e)
     store = Store(results, suite.name)
-    todo = specs if rerun else pending(specs, store)
+    if rerun:  # forget their results (a run another process is running right now is left to it)
+        for spec in specs:
+            store.discard(spec.run_id)
+    todo = pending(specs, store)
     err.print(f"suite [bold]{suite.name}[/]: {len(specs)} runs, {len(specs) - len(todo)} already done, "
               f"{len(todo)} to run")
     try:
@@ -90,7 +94,7 @@ def run_cmd(
         out.print(f"{len(bad)} runs did not finish: " + ", ".join(f"{r.run_id} ({r.status})" for r in bad.itertuples()))
     out.print(f"results: {store.dir}/")
     if report:
-        page = build_report(store.dir, reports, description=suite.description)
+        page = build_report(store.dir, reports, description=suite.description, regenerates=suite.regenerates)
         out.print(f"report:  {page}")
 
 
@@ -122,13 +126,49 @@ def check_cmd(
 def report_cmd(
     results_dir: Path,
     reports: Annotated[Path, typer.Option(help="reports root")] = Path("reports"),
+    layout: Annotated[list[str] | None, typer.Option(help="also lay the runs out as this paper table "
+                                                          "(repeatable), e.g. mezo-table1")] = None,
 ) -> None:
     """Rebuild the HTML report (tables, figures) from a results folder."""
     from zobench.report import build_report
+    from zobench.report.papers import LAYOUTS
 
     if not results_dir.is_dir():
         fail(UserError(f"{results_dir}: no such results folder; run a suite first or give results/<suite>"))
-    out.print(f"report: {build_report(results_dir, reports)}")
+    unknown = [name for name in layout or [] if name not in LAYOUTS]
+    if unknown:
+        fail(UserError(f"--layout {unknown[0]}: unknown paper table; known: {', '.join(LAYOUTS)}"))
+    out.print(f"report: {build_report(results_dir, reports, layouts=tuple(layout or ()))}")
+
+
+@app.command(name="bench")
+def bench_cmd(
+    model: Annotated[list[str], typer.Option(help="tiny-opt | minilm | smollm2 | opt-1.3b (repeatable)")] = None,
+    batch: Annotated[int, typer.Option(min=2, help="sequences per forward pass")] = 16,
+    seq: Annotated[int, typer.Option(min=8, help="tokens per sequence")] = 64,
+    repeats: Annotated[int, typer.Option(min=1, help="timed rounds (medians are reported)")] = 5,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's)")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
+    memory: Annotated[bool, typer.Option(help="peak memory per mode, one fresh process each")] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the results here")] = None,
+) -> None:
+    """Cost of a ZO step against a forward pass F, MeZO's reference step and Adam; peak memory per mode."""
+    import json
+
+    from zobench.bench import bench, format_table
+
+    results = []
+    for name in model or ["tiny-opt"]:
+        try:
+            result = bench(name, batch=batch, seq=seq, repeats=repeats, threads=threads, device=device,
+                           dtype=dtype, memory=memory)
+        except UserError as e:
+            fail(e)
+        out.print(format_table(result), highlight=False, soft_wrap=True, markup=False)
+        results.append(result)
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=2))
 
 
 @app.command(name="list")

@@ -7,6 +7,7 @@ A suite is a grid of models × tasks × methods × schemes × seeds. Every grid 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,17 +57,38 @@ def _line_map(node: yaml.Node, loc: Loc = (), out: dict[Loc, int] | None = None)
 
 def load_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
     """Parse a YAML file; return the data and a path → line map. Errors name file and line."""
-    if not path.exists():
-        raise UserError(f"{path}: file not found; check the path (relative paths are from the current folder)")
-    text = path.read_text()
+    if not path.is_file():
+        raise UserError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}; check the path "
+                        f"(relative paths are from the current folder)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     try:
         node = yaml.compose(text, Loader=_LineLoader)
         data = yaml.load(text, Loader=_LineLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{line}: YAML error: {e.problem or e}; fix the syntax there") from None
+        start = e.context_mark if e.context_mark and "flow" in (e.context or "") else mark
+        field = _field_near(text, start.line) if start else ""
+        where_ = f" in '{field}'" if field else ""
+        raise UserError(f"{path}{line}: YAML error{where_}: {e.problem or e}; fix the syntax there") from None
     return data, (_line_map(node) if node is not None else {})
+
+
+def _field_near(text: str, line: int) -> str:
+    """The dotted key path of the line a YAML error points at, read from indentation (the file does not parse)."""
+    keys: list[str] = []
+    indent: int | None = None
+    for raw in reversed(text.splitlines()[: line + 1]):
+        m = re.match(r"^(\s*)(?:-\s+)?([A-Za-z_][\w.-]*)\s*:", raw)
+        if m and (indent is None or len(m.group(1)) < indent):
+            keys.append(m.group(2))
+            indent = len(m.group(1))
+            if indent == 0:
+                break
+    return ".".join(reversed(keys))
 
 
 def where(path: Path, lines: dict[Loc, int], loc: Loc) -> str:

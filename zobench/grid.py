@@ -130,6 +130,33 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def task_component(comp: Component, path: Path, lines: dict[Loc, int], loc: Loc,
+                   data_root: str | None) -> Component:
+    """A task named by a YAML file (a `custom` task declared beside the suite) becomes that component; a task's
+    relative data_dir is taken from the suite's data_dir when set, else from the suite file's folder."""
+    if comp.name.endswith((".yaml", ".yml")):
+        from zobench.config import load_yaml
+
+        file = (path.parent / comp.name).resolve()
+        if not file.is_file():
+            raise UserError(f"{where(path, lines, (*loc, 'name'))}: task file '{comp.name}' not found next to the "
+                            f"suite ({file}); give a path relative to the suite file")
+        body, _ = load_yaml(file)
+        if not isinstance(body, dict):
+            raise UserError(f"{file}: a task file must be a mapping of the custom task's fields (files, template, "
+                            f"options or verbalizer, metric)")
+        body = {k: v for k, v in body.items() if k != "name"}
+        task = body.pop("task", "custom")  # a task file may also preset a registered task's parameters
+        body["data_dir"] = str((file.parent / body.get("data_dir", ".")).resolve())  # paths: from the task file
+        return Component.model_validate({**body, **comp.params, "name": task,
+                                         "label": comp.label or file.stem, "settings": comp.settings})
+    given = comp.params.get("data_dir")
+    if isinstance(given, str) and not Path(given).expanduser().is_absolute():
+        base = Path(data_root) if data_root else path.parent
+        return Component.model_validate({**comp.model_dump(), "data_dir": str((base / given).resolve())})
+    return comp
+
+
 def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
            data_dir: str | None = None) -> list[RunSpec]:
     """The suite's runs, in a stable order, validated against the registries."""
@@ -148,6 +175,8 @@ def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
         rows = []
         for i, comp in enumerate(getattr(suite.grid, field)):
             loc: Loc = ("grid", field, i)
+            if axis == "task":
+                comp = task_component(comp, path, lines, loc, data_dir)
             r = resolve(axis, comp, path, lines, loc, task_defaults if axis == "task" else None, origins)
             if r.label in seen:
                 raise UserError(f"{where(path, lines, loc)}: two {field} are labelled '{r.label}' "
@@ -177,7 +206,7 @@ def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
         spec = RunSpec(suite=suite.name, settings=_settings(suite, comps, path, lines, locs), **cell)
         specs.setdefault(spec.run_id, spec)
     if not specs:
-        raise UserError(f"{path}: the grid is empty after 'exclude'; loosen the exclude rules")
+        raise UserError(f"{where(path, lines, ('exclude',))}: the grid is empty after these rules; loosen them")
     return list(specs.values())
 
 

@@ -199,6 +199,7 @@ class PeakMemory:
         self.peaks: dict[str, int] = {}
         self.windows: dict[str, dict[str, int]] = {}
         self.baseline: dict[str, int] = {}
+        self.loaded: dict[str, int] = {}  # live memory when setup (model, data, method) ends
         self.current = "setup"
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -237,12 +238,31 @@ class PeakMemory:
             self._note("torch_allocator", int(torch.cuda.max_memory_allocated(self.device)), self.current)
 
     def _open_segment(self, name: str) -> None:
+        """Start a window from live memory only: freed heap pages (and CUDA cache) of the previous window are
+        handed back first, so e.g. an evaluation's buffers are not counted in the training that follows."""
+        leaving_setup = self.current == "setup" and name != "setup" and not self.loaded
         self.current = name
+        _malloc_trim()
+        if self._cuda:
+            torch.cuda.empty_cache()
+        if leaving_setup:
+            self.loaded = self._levels()
         if self._hwm is not None:
             self._hwm.reset()
         if self._cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         self._sample()
+
+    def _levels(self) -> dict[str, int]:
+        """Memory held right now, per source."""
+        out = {"rss": int(self.process.memory_info().rss)}
+        if self._cuda:
+            out["torch_allocator"] = int(torch.cuda.memory_allocated(self.device))
+        if self._nvml is not None:
+            used = self._nvml.read()
+            if used is not None:
+                out["nvml"] = used
+        return out
 
     def switch(self, name: str) -> None:
         """End the current window's segment and start one for `name`."""
@@ -270,11 +290,9 @@ class PeakMemory:
             torch.cuda.empty_cache()
             try:
                 self._nvml = _NVML(self.device)
-                self.baseline["nvml"] = int(self._nvml.read() or 0)
             except Exception:  # no driver library, no permission: the NVML figure is absent
                 self._nvml = None
-            self.baseline["torch_allocator"] = int(torch.cuda.memory_allocated(self.device))
-        self.baseline["rss"] = int(self.process.memory_info().rss)
+        self.baseline.update(self._levels())
         self._open_segment("setup")
         if self._hwm is None or self._nvml is not None:  # something to sample
             self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -296,10 +314,13 @@ class PeakMemory:
         return out
 
     def record(self) -> dict[str, dict[str, Any]]:
-        """{name: {bytes, source, baseline_bytes}} for each source that was measured over the whole run."""
+        """{name: {bytes, source, baseline_bytes, loaded_bytes}} for each source measured over the whole run.
+
+        baseline: held before the run (imports, earlier runs' leftovers); loaded: held once the model,
+        data and method were built (the floor of every later window)."""
         sources = self.sources()
-        return {k: {"bytes": v, "source": sources[k], "baseline_bytes": self.baseline.get(k)}
-                for k, v in self.peaks.items()}
+        return {k: {"bytes": v, "source": sources[k], "baseline_bytes": self.baseline.get(k),
+                    "loaded_bytes": self.loaded.get(k)} for k, v in self.peaks.items()}
 
     def by_window(self) -> dict[str, dict[str, int]]:
         """{window: {source: peak bytes}}: setup (loading), inference (forward-only probe), train, evaluation."""

@@ -78,6 +78,7 @@ REGISTRIES = {r.kind: r for r in (methods, tasks, models, schemes, executors)}
 # Modules whose import fills the registries. A new module adds itself here.
 BUILTIN_MODULES = (
     "zobench.optim",
+    "zobench.training_free",
     "zobench.problems",
     "zobench.tasks",
     "zobench.models",

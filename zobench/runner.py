@@ -78,7 +78,7 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> dict[str, Any]:
     memory, clock = PeakMemory(device), Clock(device)
     try:
         with memory, clock:
-            summary.update(_train(spec, device, curve, progress, memory, clock))
+            summary.update(_train(spec, device, curve, progress, memory, clock, known=summary))
         summary["status"] = "done"
     except Diverged as e:
         summary.update(status="diverged", diverged_at_step=e.step, error=str(e))
@@ -104,21 +104,27 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> dict[str, Any]:
 
 
 def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], progress: Any,
-           memory: PeakMemory, clock: Clock) -> dict[str, Any]:
+           memory: PeakMemory, clock: Clock, known: dict[str, Any] | None = None) -> dict[str, Any]:
     settings = spec.settings
     seed_everything(spec.seed)
     bundle = registry.models.get(spec.model.name).load(spec.model.params, device, spec.seed)
-    if bundle is not None:
-        registry.schemes.get(spec.scheme.name).apply(bundle.model, spec.scheme.params)
+    if bundle is not None:  # a scheme may wrap the model (peft): the task must see the wrapped one
+        bundle.model = registry.schemes.get(spec.scheme.name).apply(bundle.model, spec.scheme.params) or bundle.model
     workload = registry.tasks.get(spec.task.name).build(spec.task.params, bundle, device, spec.seed)
+    if known is not None:  # a run that fails later still lands in its task's table column
+        known.update(metric=workload.metric, higher_is_better=workload.higher_is_better)
     method_cls = registry.methods.get(spec.method.name)
     method = method_cls(workload.trainable(), method_cls.Params.model_validate(spec.method.params), spec.seed)
+    if hasattr(method, "prepare"):  # training-free baselines: ICL sets demonstrations, linear probing fits its probe
+        with clock.phase("prepare"):
+            method.prepare(workload)
+    total_steps = settings.steps if getattr(method, "takes_steps", True) else 0  # zero-shot, ICL, LP: no steps
     workload.module.train(method.needs_grad)  # ZO: both forwards must see the same network (no dropout)
     if not method.needs_grad:
         workload.module.requires_grad_(False)  # nothing to record for autograd
 
     # forward-only passes on a training-sized batch: the inference peak a ZO step should approach
-    probe_batch = workload.make_batch(list(range(min(settings.batch_size, workload.train_size))))
+    probe_batch = workload.make_batch(Batches(workload.train_size, settings.batch_size, spec.seed).next())
     with memory.window("inference"):
         probe_s = inference_probe(workload.loss, workload.module, probe_batch, device)
     del probe_batch
@@ -147,7 +153,7 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
     step_times: list[float] = []
     eval_every = settings.eval_every or settings.steps
     steps_done, train_loss = 0, float("nan")
-    for step in range(1, settings.steps + 1):
+    for step in range(1, total_steps + 1):
         batch = workload.make_batch(batches.next())
         with clock.phase("step"):
             train_loss = method.step(lambda b=batch: loss(b))

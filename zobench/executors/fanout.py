@@ -53,7 +53,8 @@ class Board:
         self.running = max(0, self.running - 1)
         status = "held by another process" if summary.get("held_elsewhere") else summary.get("status", "?")
         place = f" [{where}]" if where else ""
-        self.bar.console.print(f"  {spec.run_id[:70]}{place}: {status} {headline(summary)}", highlight=False)
+        self.bar.console.print(f"  {spec.run_id[:70]}{place}: {status} {headline(summary)}", markup=False,
+                               highlight=False)
         self.bar.update(self.grid, advance=1, info=f"{self.running} running")
 
 

@@ -96,7 +96,7 @@ class RayExecutor(FanoutExecutor):
             pending = list(refs)
             try:
                 while pending:
-                    done, pending = ray.wait(pending, num_returns=1)
+                    done, pending = ray.wait(pending, num_returns=1, timeout=1.0)  # timeout: Ctrl-C gets through
                     for ref in done:
                         i = refs[ref]
                         results[i] = self._result(ray, ref, specs[i], store)

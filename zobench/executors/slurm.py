@@ -27,7 +27,7 @@ from zobench.worker import run_spec_json
 
 class SlurmOptions(ExecutorOptions):
     cluster: Literal["slurm", "local"] = "slurm"
-    folder: str | None = Field(None, description="submitit's folder (scripts, logs); default RESULTS/<suite>/.submitit")
+    folder: str | None = Field(None, description="submitit's folder (scripts, logs); default RESULTS/.submitit/<suite>")
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -74,9 +74,10 @@ class SlurmExecutor(FanoutExecutor):
         except ImportError:
             raise UserError("executor 'slurm' needs submitit: pip install 'zobench[cluster]'") from None
         o = self.options
-        if o.cluster == "slurm" and shutil.which("sbatch") is None:
-            raise UserError("executor 'slurm': no 'sbatch' on PATH; run from a Slurm login node, or set "
-                            "executor.slurm.cluster: local to run the array on this machine")
+        missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None] if o.cluster == "slurm" else []
+        if missing:
+            raise UserError(f"executor 'slurm': no {' or '.join(missing)} on PATH; run from a Slurm login node, or "
+                            f"set executor.slurm.cluster: local to run the array on this machine")
         ex = submitit.AutoExecutor(folder=folder, cluster=o.cluster, slurm_max_num_timeout=o.max_requeues,
                                    local_max_num_timeout=o.max_requeues)
         params: dict[str, Any] = {"name": "zobench", "timeout_min": o.timeout_min}
@@ -111,7 +112,7 @@ class SlurmExecutor(FanoutExecutor):
 
     def fan(self, specs: list[RunSpec], store: Store, wait: bool) -> list[dict[str, Any]]:
         o = self.options
-        folder = Path(o.folder) if o.folder else store.dir / ".submitit"
+        folder = Path(o.folder) if o.folder else Path(store.root) / ".submitit" / store.dir.name
         ex = self.executor(folder)
         root, threads, fn = str(Path(store.root).resolve()), self.threads(), Run(o.requeue)
         args = [(s.model_dump_json(), root, threads, wait) for s in specs]

@@ -1,4 +1,4 @@
-"""Hugging Face models: by hub id or local path, or random-initialised from an inline config."""
+"""Hugging Face models: by hub id or local path (or a GGUF file in it), or random-initialised from an inline config."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from zobench.errors import FieldError, UserError
 from zobench.models.base import ModelBundle, ModelLoader
-from zobench.models.byte_tokenizer import byte_tokenizer
+from zobench.models.byte_tokenizer import byte_tokenizer, wordpiece_tokenizer
 from zobench.registry import models
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -25,12 +25,13 @@ class HFParams(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     revision: str | None = None
     tokenizer: str | None = None  # defaults to the model's own
+    gguf_file: str | None = None  # a GGUF checkpoint in `id` (a folder or hub repo): de-quantised, rebuilt trainable
 
 
 class TinyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     config: dict[str, Any]  # a transformers config: model_type plus its fields
-    tokenizer: str = "bytes"  # "bytes" (made in code) or a hub id / local path
+    tokenizer: str = "bytes"  # "bytes" or "wordpiece" (made in code; wordpiece has [MASK]) or a hub id / local path
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
@@ -39,6 +40,8 @@ def _tokenizer(name: str) -> Any:
 
     if name == "bytes":
         return byte_tokenizer()
+    if name == "wordpiece":
+        return wordpiece_tokenizer()
     tok = AutoTokenizer.from_pretrained(name)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -73,6 +76,17 @@ def _auto_class(model_type: str) -> Any:
     return AutoModelForMaskedLM if model_type in MASKED_TYPES else AutoModelForCausalLM
 
 
+def load_gguf_bundle(folder: str, gguf_file: str, dtype: str, device: torch.device,
+                     tokenizer: str | None = None) -> ModelBundle:
+    """A GGUF checkpoint as a trainable model (see models/gguf.py); causal LMs only."""
+    from transformers import AutoModelForCausalLM
+
+    from zobench.models.gguf import load_gguf
+
+    model, tok = load_gguf(folder, gguf_file, DTYPES[dtype], AutoModelForCausalLM)
+    return ModelBundle(model.to(device), _tokenizer(tokenizer) if tokenizer else tok, "causal")
+
+
 @models.register("hf")
 class HFModel(ModelLoader):
     """A pretrained model by hub id or local path (transformers' from_pretrained)."""
@@ -82,6 +96,10 @@ class HFModel(ModelLoader):
     @classmethod
     def check(cls, params: dict[str, Any]) -> None:
         p = HFParams.model_validate(params)
+        if p.gguf_file:
+            if Path(p.id).is_dir() and not (Path(p.id) / p.gguf_file).is_file():
+                raise FieldError("gguf_file", f"'{p.gguf_file}' is not in '{p.id}'; name a .gguf file in that folder")
+            return
         check_source("id", p.id, p.revision)
         if p.tokenizer:
             check_source("tokenizer", p.tokenizer, model=False)
@@ -91,6 +109,8 @@ class HFModel(ModelLoader):
         from transformers import AutoConfig
 
         p = HFParams.model_validate(params)
+        if p.gguf_file:
+            return load_gguf_bundle(p.id, p.gguf_file, p.dtype, device, p.tokenizer)
         try:
             config = AutoConfig.from_pretrained(p.id, revision=p.revision)
         except OSError as e:
@@ -119,7 +139,7 @@ class TinyModel(ModelLoader):
             close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=3)
             hint = f"did you mean {' or '.join(map(repr, close))}?" if close else "e.g. llama, opt, gpt2, bert"
             raise FieldError("config", f"unknown transformers model_type '{model_type}'; {hint}")
-        if p.tokenizer != "bytes":
+        if p.tokenizer not in ("bytes", "wordpiece"):
             check_source("tokenizer", p.tokenizer, model=False)
 
     @classmethod

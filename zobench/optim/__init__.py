@@ -1,6 +1,16 @@
 """Optimisers. Importing this package registers every method."""
 
-from zobench.optim import first_order, zo_sgd  # noqa: F401
+from zobench.optim import (  # noqa: F401
+    deepzero,
+    first_order,
+    forward_grad,
+    hizoo,
+    low_rank,
+    sparse_mezo,
+    zo_adam,
+    zo_adamu,
+    zo_sgd,
+)
 from zobench.optim.base import Method, MethodParams
 from zobench.optim.zo import ZOMethod, ZOParams
 

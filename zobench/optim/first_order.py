@@ -1,4 +1,4 @@
-"""First-order baselines: torch.optim's SGD, Adam and AdamW behind the same `step(loss_fn)`."""
+"""First-order baselines: torch.optim's SGD, Adam, AdamW and Adamax behind the same `step(loss_fn)`."""
 
 from __future__ import annotations
 
@@ -80,3 +80,12 @@ class FOAdamW(FOAdam):
     def build(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.params, lr=self.hp.lr, betas=(self.hp.beta1, self.hp.beta2),
                                  eps=self.hp.adam_eps, weight_decay=self.hp.weight_decay)
+
+
+@methods.register("fo-adamax")
+class FOAdamax(FOAdam):
+    """Adamax (Kingma & Ba 2015, §7.1): Adam with the ∞-norm second moment, torch.optim.Adamax."""
+
+    def build(self) -> torch.optim.Optimizer:
+        return torch.optim.Adamax(self.params, lr=self.hp.lr, betas=(self.hp.beta1, self.hp.beta2),
+                                  eps=self.hp.adam_eps, weight_decay=self.hp.weight_decay)

@@ -1,65 +1,190 @@
-"""Build reports/<suite>/index.html from results/<suite>: tables (also as CSV/Markdown), figures, provenance."""
+"""Build reports/<suite>/index.html from results/<suite>: paper tables, our tables, figures, provenance.
+
+Every table is also written as CSV, Markdown and LaTeX under reports/<suite>/tables/; reports/index.html
+lists every suite built into the same reports folder. Figures are embedded, so a page is one file.
+"""
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from zobench.report.figures import convergence
-from zobench.report.frame import method_task_table, runs_frame
+from zobench.report import figures as figs
+from zobench.report.frame import SOURCE_NAMES, cost_table, memory_table, method_task_table, results_table, runs_frame
+from zobench.report.papers import LAYOUTS, layout_keys, place
+from zobench.report.profiles import profiles_figure
+from zobench.report.render import export, panel_csv, panel_html, panel_text
 from zobench.store import atomic_write, load_curves, load_summaries
 
-
-def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per method and task: median step time, forward/backward passes, peak memory, optimiser state."""
-    done = frame[frame["status"] == "done"]
-    if done.empty:
-        return pd.DataFrame()
-    cols = {"median_step_s": "median step (ms)", "forward_passes": "forward passes",
-            "backward_passes": "backward passes", "state_bytes": "optimizer state (MiB)"}
-    cols.update({c: c.replace("peak_", "peak ").replace("_bytes", " (MiB)") for c in done if c.startswith("peak_")})
-    agg = done.groupby(["task", "method"])[list(cols)].median(numeric_only=True)
-    agg["median_step_s"] *= 1000
-    for c in agg.columns:
-        if c.endswith("bytes"):
-            agg[c] /= 2**20
-    return agg.rename(columns=cols).round(3)
+META = "suite.json"  # beside the runs: name, description, regenerates (written by `zobench run`)
 
 
-def build_report(results: Path | str, out_root: Path | str = "reports", description: str = "") -> Path:
-    """Write the suite's HTML page (figures embedded) and its tables; return the page's path."""
-    results = Path(results)
-    frame = runs_frame(results)
-    suite = str(frame["suite"].iloc[0]) if not frame.empty else results.name
-    out = Path(out_root) / suite
-    table = method_task_table(frame)
-    cost = cost_table(frame)
-    png = convergence(load_curves(results))
-    summaries = load_summaries(results)
-    env: dict[str, Any] = summaries[0].get("env", {}) if summaries else {}
-    provenance = {
-        "device": env.get("device_name", env.get("device")), "driver": env.get("driver", "—"),
-        "host": env.get("host"), "torch threads": env.get("torch_threads"),
-        **{f"{k}": v for k, v in env.get("packages", {}).items()}, "git revision": env.get("git_revision"),
-    }
-    page = Environment(loader=PackageLoader("zobench", "report/templates"),
-                       autoescape=select_autoescape()).get_template("suite.html").render(
-        suite=suite, description=description, n_runs=len(frame),
-        statuses=", ".join(f"{n} {s}" for s, n in frame["status"].value_counts().items()) if len(frame) else "none",
-        generated=dt.datetime.now().isoformat(timespec="seconds"),
-        table_html=table.to_html(border=0) if not table.empty else "<p>No runs.</p>",
-        cost_html=cost.to_html(border=0) if not cost.empty else "<p>No finished runs.</p>",
-        convergence=base64.b64encode(png).decode() if png else None, provenance=provenance,
-    )
+def _env() -> Environment:
+    return Environment(loader=PackageLoader("zobench", "report/templates"), autoescape=select_autoescape())
+
+
+def _b64(png: bytes | None) -> str | None:
+    return base64.b64encode(png).decode() if png else None
+
+
+def suite_meta(results: Path, description: str = "", regenerates: str | None = None) -> dict[str, Any]:
+    """What the suite said about itself; saved beside its runs so `zobench report` finds it later."""
+    path = results / META
+    saved: dict[str, Any] = {}
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            saved = {}
+    meta = {"description": description or saved.get("description", ""),
+            "regenerates": regenerates if regenerates is not None else saved.get("regenerates")}
+    if (description or regenerates is not None) and results.is_dir() and meta != saved:
+        atomic_write(path, json.dumps(meta, indent=2).encode())
+    return meta
+
+
+def provenance(summaries: list[dict[str, Any]]) -> dict[str, str]:
+    """Device, driver, packages, git revision: every distinct value across the runs, so mixed origins show."""
+    keys = {"device": lambda e: e.get("device_name", e.get("device")), "driver": lambda e: e.get("driver"),
+            "CUDA": lambda e: e.get("cuda"), "CPU": lambda e: e.get("cpu"), "host": lambda e: e.get("host"),
+            "platform": lambda e: e.get("platform"), "python": lambda e: e.get("python"),
+            "torch threads": lambda e: e.get("torch_threads"), "git revision": lambda e: e.get("git_revision")}
+    envs = [s.get("env") or {} for s in summaries]
+    out: dict[str, str] = {}
+    for name, get in keys.items():
+        values = list(dict.fromkeys(str(v) for v in map(get, envs) if v is not None))
+        out[name] = ", ".join(values) if values else "— (not available)"
+    packages = sorted({p for e in envs for p in (e.get("packages") or {})})
+    for p in packages:
+        values = list(dict.fromkeys(str((e.get("packages") or {}).get(p)) for e in envs))
+        out[p] = ", ".join(values)
+    return out
+
+
+def _table_html(table: pd.DataFrame, empty: str) -> str:
+    if table.empty:
+        return f"<p class='muted'>{empty}</p>"
+    return table.to_html(border=0, na_rep="—", float_format=lambda v: f"{v:.4g}", classes="data")
+
+
+def _paper_sections(frame: pd.DataFrame, keys: list[str], folder: Path) -> tuple[list[dict], list[dict]]:
+    """(named: the tables the suite regenerates, touched: other paper tables some run landed in)."""
+    named, touched = [], []
+    for key, lay in LAYOUTS.items():
+        panels = place(frame, lay)
+        has_ours = any(p.cells["ours_mean"].notna().any() for p in panels)
+        if key not in keys and not has_ours:
+            continue
+        for i, panel in enumerate(panels):
+            name = f"{key}" + (f"-{i + 1}" if len(panels) > 1 else "")
+            files = export(panel_text(panel), folder, name, csv=panel_csv(panel), caption=lay.title)
+            entry = {"title": lay.title, "key": key, "model": panel.ours_model, "note": panel.note,
+                     "html": panel_html(panel), "files": files, "csv": lay.csv}
+            (named if key in keys else touched).append(entry)
+    return named, touched
+
+
+def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, summaries: list[dict[str, Any]], suite: str,
+                out_root: Path, meta: dict[str, Any], extra_layouts: tuple[str, ...] = ()) -> Path:
+    out = out_root / suite
+    tables_dir = out / "tables"
+    keys = layout_keys(",".join([meta.get("regenerates") or "", *extra_layouts]))
+    named, touched = _paper_sections(frame, keys, tables_dir)
+
+    ours = []
+    for name, title, table, empty, note in [
+        ("results", "Test metric at the best dev evaluation (mean ± std over seeds)", method_task_table(frame),
+         "No runs.", "Accuracy-like metrics in %."),
+        ("results-ci", "Every cell: n, mean, std and bootstrap 95% CI of the mean", results_table(frame),
+         "No runs.", "Percentile bootstrap (2000 resamples, seeded) of the mean over seeds; empty for one seed."),
+        ("memory", "Peak memory: forward-only probe vs training", memory_table(frame),
+         "No finished runs.", ""),
+        ("cost", "Cost per step: phases (median ms per step), passes, optimizer state", cost_table(frame),
+         "No finished runs.", "Phases are timed with the device synchronised at each boundary; a phase a method "
+                              "does not report is absent."),
+    ]:
+        if name == "memory" and not table.empty:
+            source = table.attrs.get("source")
+            note = (f"Source: {SOURCE_NAMES.get(source, source)}. Windows of one run: 'loaded' is what the "
+                    f"process holds once model, data and method are built; the probe is two forward passes of "
+                    f"the training loss on the first training batch without autograd; 'train' covers every "
+                    f"training step. Freed heap is handed back at each window change, so evaluation and "
+                    f"loading are in neither peak.")
+        files = export(table, tables_dir, name, caption=title) if not table.empty else {}
+        ours.append({"title": title, "html": _table_html(table, empty), "note": note, "files": files})
+
+    figures: list[dict[str, Any]] = []  # {title, png (base64), caption}: append here to add a figure
+    for task in dict.fromkeys(frame["task"]) if not frame.empty else []:
+        png = figs.curves_figure(curves, frame, task) if not curves.empty else None
+        if png:
+            figures.append({"title": f"Convergence — {task}", "png": _b64(png),
+                            "caption": "Top: training loss (10-step running mean); bottom: dev metric at each "
+                                       "evaluation. Columns: against steps, forward passes, training seconds "
+                                       "(evaluation excluded). Line: median over seeds; band: min–max."})
+    png = figs.memory_figure(frame)
+    if png:
+        figures.append({"title": "Peak memory by method and model", "png": _b64(png),
+                        "caption": "Peak above the memory held once the model was loaded; the forward-only "
+                                   "probe is the inference cost of the same model and batch."})
+    png, caption = profiles_figure(curves, frame)
+    if png or caption:
+        figures.append({"title": "Performance profiles", "png": _b64(png), "caption": caption})
+
+    statuses = ", ".join(f"{n} {s}" for s, n in frame["status"].value_counts().items()) if len(frame) else "none"
+    page = _env().get_template("suite.html").render(
+        suite=suite, description=meta.get("description", ""), regenerates=meta.get("regenerates"),
+        n_runs=len(frame), statuses=statuses, generated=dt.datetime.now().isoformat(timespec="seconds"),
+        named=named, touched=touched, ours=ours, figures=figures, provenance=provenance(summaries),
+        layouts=sorted(LAYOUTS))
     atomic_write(out / "index.html", page.encode())
-    if not table.empty:
-        atomic_write(out / "table.csv", table.to_csv().encode())
-        atomic_write(out / "table.md", table.to_markdown().encode())
-    frame.to_csv(out / "runs.csv", index=False)
+    frame.drop(columns=[c for c in ("task_params", "method_params") if c in frame]).to_csv(
+        out / "runs.csv", index=False)
+    atomic_write(out / "meta.json", json.dumps({
+        "suite": suite, "description": meta.get("description", ""), "regenerates": meta.get("regenerates"),
+        "runs": len(frame), "statuses": statuses, "generated": dt.datetime.now().isoformat(timespec="seconds"),
+        "tasks": sorted(map(str, frame["task"].dropna().unique())) if len(frame) else [],
+        "methods": sorted(map(str, frame["method"].dropna().unique())) if len(frame) else []}).encode())
     return out / "index.html"
 
+
+def build_index(out_root: Path) -> Path:
+    """reports/index.html: one line per suite page in this reports folder."""
+    suites = []
+    for meta in sorted(out_root.glob("*/meta.json")):
+        try:
+            suites.append(json.loads(meta.read_text()) | {"href": f"{meta.parent.name}/index.html"})
+        except json.JSONDecodeError:
+            continue
+    page = _env().get_template("index.html").render(
+        suites=suites, generated=dt.datetime.now().isoformat(timespec="seconds"))
+    atomic_write(out_root / "index.html", page.encode())
+    return out_root / "index.html"
+
+
+def build_report(results: Path | str, out_root: Path | str = "reports", description: str = "",
+                 regenerates: str | None = None, layouts: tuple[str, ...] = ()) -> Path:
+    """Write each suite's page found under `results` (a suite folder or a folder of suites) and the index.
+
+    Returns the suite's page, or the index where `results` held several suites.
+    """
+    results, out_root = Path(results), Path(out_root)
+    frame = runs_frame(results)
+    curves = load_curves(results)
+    summaries = load_summaries(results)
+    suites = list(dict.fromkeys(frame["suite"])) if not frame.empty else [results.name]
+    pages = []
+    for suite in suites:
+        folder = results / suite if (results / suite).is_dir() else results
+        meta = suite_meta(folder, description, regenerates) if len(suites) == 1 else suite_meta(folder)
+        part = frame[frame["suite"] == suite] if not frame.empty else frame
+        part_curves = curves[curves["suite"] == suite] if not curves.empty else curves
+        part_summaries = [s for s in summaries if s.get("suite") == suite]
+        pages.append(build_suite(part, part_curves, part_summaries, str(suite), out_root, meta, layouts))
+    index = build_index(out_root)
+    return pages[0] if len(pages) == 1 else index

@@ -1,14 +1,27 @@
-"""Seaborn figures, returned as PNG bytes so the HTML page can embed them."""
+"""Seaborn figures, returned as PNG bytes so the HTML page can embed them.
+
+Curves are drawn per method (and scheme/model where those vary) as the median over seeds with a band
+from the lowest to the highest seed. Seeds log at the same steps but not at the same seconds, so every
+run is first interpolated onto a common grid of the x axis (steps, forward passes or seconds), over the
+range every seed of the series covers.
+"""
 
 from __future__ import annotations
 
 import io
 import os
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from zobench.report.frame import SOURCE_NAMES
 
-def _pyplot():
+X_AXES = {"step": "steps", "forward_passes": "forward passes", "wall_s": "training seconds"}
+GRID_POINTS = 80
+
+
+def pyplot():
     os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib
 
@@ -18,27 +31,127 @@ def _pyplot():
     return plt
 
 
-def convergence(curves: pd.DataFrame) -> bytes | None:
-    """Training loss against steps, one panel per task; median over seeds with the interquartile band."""
-    if curves.empty or "train_loss" not in curves:
+def to_png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    pyplot().close(fig)
+    return buf.getvalue()
+
+
+def series_label(frame: pd.DataFrame) -> pd.Series:
+    """method, plus scheme and model where a suite varies them."""
+    label = frame["method"].astype(str)
+    for axis in ("scheme", "model"):
+        if axis in frame and frame[axis].nunique() > 1:
+            label = label + " / " + frame[axis].astype(str)
+    return label
+
+
+def on_grid(curves: pd.DataFrame, x: str, y: str, points: int = GRID_POINTS) -> pd.DataFrame:
+    """Each run's y interpolated onto a grid of x shared by the runs of its series (NaN outside a run's range)."""
+    out = []
+    data = curves.dropna(subset=[x, y])
+    for series, group in data.groupby("series", sort=False):
+        hi = group.groupby("run_id")[x].max().min()  # the range every seed covers: medians over all seeds
+        lo = group[x].min()
+        if not np.isfinite(hi) or hi <= lo:
+            continue
+        grid = np.linspace(lo, hi, points)
+        for run_id, run in group.groupby("run_id", sort=False):
+            run = run.sort_values(x)
+            xs, ys = run[x].to_numpy(float), run[y].to_numpy(float)
+            vals = np.interp(grid, xs, ys, left=np.nan, right=np.nan) if len(xs) > 1 else \
+                np.where(np.isclose(grid, xs[0]), ys[0], np.nan)
+            out.append(pd.DataFrame({"series": series, "run_id": run_id, x: grid, y: vals}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=["series", "run_id", x, y])
+
+
+def _band_plot(ax: Any, data: pd.DataFrame, x: str, y: str, palette: dict[str, Any]) -> None:
+    for series, group in data.groupby("series", sort=False):
+        stats = group.groupby(x)[y].agg(["median", "min", "max", "count"]).dropna(subset=["median"])
+        if stats.empty:
+            continue
+        color = palette.get(series)
+        ax.plot(stats.index, stats["median"], label=series, color=color, lw=1.6)
+        if (stats["count"] > 1).any():
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.18, lw=0)
+
+
+def curves_figure(curves: pd.DataFrame, runs: pd.DataFrame, task: str) -> bytes | None:
+    """For one task: training loss (top) and the dev metric (bottom) against steps, forward passes, seconds."""
+    part = curves[curves["task"] == task].copy()
+    if part.empty:
         return None
-    plt = _pyplot()
     import seaborn as sns
 
-    data = curves.dropna(subset=["train_loss"]).copy()
-    data["smoothed"] = data.groupby("run_id")["train_loss"].transform(lambda s: s.rolling(10, min_periods=1).mean())
-    tasks = sorted(data["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        part = data[data["task"] == task]
-        sns.lineplot(data=part, x="step", y="smoothed", hue="method", estimator="median",
-                     errorbar=("pi", 50), ax=ax)
-        if (part["smoothed"] > 0).all() and part["smoothed"].max() / max(part["smoothed"].min(), 1e-300) > 100:
-            ax.set_yscale("log")
-        ax.set_title(task)
-        ax.set_ylabel("train loss (10-step mean)")
+    plt = pyplot()
+    metric = runs.loc[runs["task"] == task, "metric"].dropna()
+    metric = str(metric.iloc[0]) if len(metric) else None
+    part["series"] = series_label(part)
+    part = part.sort_values(["run_id", "step"])
+    if "train_loss" in part:  # ZO losses are noisy: a 10-step running mean per run
+        part["train_loss_smoothed"] = part.groupby("run_id")["train_loss"].transform(
+            lambda s: s.rolling(10, min_periods=1).mean())
+    rows = [("train_loss_smoothed", "train loss (10-step mean)")]
+    if metric and f"dev_{metric}" in part and part[f"dev_{metric}"].notna().any():
+        rows.append((f"dev_{metric}", f"dev {metric}"))
+    names = list(dict.fromkeys(part["series"]))
+    palette = dict(zip(names, sns.color_palette("tab10", len(names)), strict=True))
+    fig, axes = plt.subplots(len(rows), len(X_AXES), figsize=(4.4 * len(X_AXES), 3.2 * len(rows)), squeeze=False)
+    for i, (y, ylabel) in enumerate(rows):
+        if y not in part:
+            continue
+        for j, (x, xlabel) in enumerate(X_AXES.items()):
+            ax = axes[i][j]
+            data = on_grid(part, x, y)
+            _band_plot(ax, data, x, y, palette)
+            values = data[y].dropna()
+            if y.startswith("train_loss") and len(values) and (values > 0).all() and values.max() / values.min() > 100:
+                ax.set_yscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), frameon=False,
+                   bbox_to_anchor=(0.5, 1.0))
+    fig.suptitle(f"{task}: median over seeds, band = min–max over seeds", y=1.06 if handles else 1.0)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return to_png(fig)
+
+
+def memory_figure(frame: pd.DataFrame) -> bytes | None:
+    """Peak memory above the loaded level (model, data and method built), by method and model: the
+    forward-only probe beside training, one panel per source (RSS on CPU; NVML and the allocator on a GPU)."""
+    done = frame[frame["status"] == "done"] if not frame.empty else frame
+    rows = []
+    for source in ("rss", "torch_allocator", "nvml"):
+        loaded = done.get(f"loaded_{source}_bytes")
+        if loaded is None or loaded.isna().all():
+            continue
+        for window, label in (("inference", "inference probe"), ("train", "training")):
+            col = f"mem_{window}_{source}_bytes"
+            if col not in done or done[col].isna().all():
+                continue
+            rows.append(pd.DataFrame({"source": SOURCE_NAMES[source], "window": label,
+                                      "MiB": (done[col] - loaded) / 2**20,
+                                      "method": series_label(done.assign(model="")),
+                                      "model": done["model"].astype(str)}))
+    if not rows:
+        return None
+    import seaborn as sns
+
+    data = pd.concat(rows, ignore_index=True).dropna(subset=["MiB"])
+    multi = data["model"].nunique() > 1
+    data["method / model"] = data["method"] + (" · " + data["model"] if multi else "")
+    grid = sns.catplot(data=data, kind="bar", x="method / model", y="MiB", hue="window", col="source",
+                       estimator="median", errorbar=("pi", 100), sharey=False, height=3.6, aspect=1.5,
+                       palette=["#8fb3d9", "#d9534f"])
+    grid.set_axis_labels("", "peak above loaded model (MiB)")
+    grid.set_titles("{col_name}")
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(axis="y", alpha=0.3)
+    grid.figure.suptitle("Peak memory: forward-only probe vs training (median; whiskers: min–max over runs)",
+                         y=1.04)
+    return to_png(grid.figure)

@@ -1,54 +1,205 @@
-"""One pandas row per run, and aggregates over seeds."""
+"""One pandas row per run, aggregates over seeds (mean ± std, bootstrap 95% CI), and our own tables."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from zobench.store import load_summaries
 
+AXES = ("model", "task", "method", "scheme")
+WINDOWS = ("inference", "train", "evaluation", "setup")
+SOURCE_ORDER = ("nvml", "torch_allocator", "rss")  # the memory a table shows: the first one measured
+SOURCE_NAMES = {"nvml": "NVML device memory", "torch_allocator": "torch allocator peak", "rss": "process peak RSS"}
+PERCENT_METRICS = {"accuracy", "acc", "f1", "em", "exact_match", "matthews"}
+
 
 def runs_frame(results: Path | str) -> pd.DataFrame:
+    """Every run under `results` (a suite folder or a folder of suites), one row each."""
     rows: list[dict[str, Any]] = []
     for s in load_summaries(results):
         spec = s.get("spec", {})
-        mem = s.get("memory", {})
-        rows.append({
+        mem = s.get("memory", {}) or {}
+        row: dict[str, Any] = {
             "suite": s.get("suite"), "run_id": s.get("run_id"), "status": s.get("status"),
-            **{axis: spec.get(axis, {}).get("label") for axis in ("model", "task", "method", "scheme")},
-            "seed": s.get("seed"), "metric": s.get("metric"), "test_metric": s.get("test_metric"),
-            "initial_dev_metric": s.get("initial_dev_metric"), "best_step": s.get("best_step"),
-            "steps": s.get("steps"), "forward_passes": s.get("forward_passes"),
-            "backward_passes": s.get("backward_passes"), "wall_s": s.get("wall_s"),
-            "median_step_s": s.get("median_step_s"), "state_bytes": s.get("state_bytes"),
-            **{f"peak_{k}_bytes": v.get("bytes") for k, v in mem.items()},
-        })
+            **{axis: spec.get(axis, {}).get("label") for axis in AXES},
+            **{f"{axis}_name": spec.get(axis, {}).get("name") for axis in AXES},
+            "model_id": spec.get("model", {}).get("params", {}).get("id"),
+            "task_params": spec.get("task", {}).get("params", {}),
+            "method_params": spec.get("method", {}).get("params", {}),
+            "batch_size": spec.get("settings", {}).get("batch_size"),
+            "seed": s.get("seed"), "metric": s.get("metric"), "higher_is_better": s.get("higher_is_better"),
+            "test_metric": s.get("test_metric"), "initial_dev_metric": s.get("initial_dev_metric"),
+            "best_dev_metric": (s.get("best_dev") or {}).get(s.get("metric") or "", None),
+            "best_step": s.get("best_step"), "steps": s.get("steps"), "forward_passes": s.get("forward_passes"),
+            "backward_passes": s.get("backward_passes"), "wall_s": s.get("wall_s"), "train_s": s.get("train_s"),
+            "median_step_s": s.get("median_step_s"), "inference_forward_s": s.get("inference_forward_s"),
+            "state_bytes": s.get("state_bytes"), "trainable_params": s.get("trainable_params"),
+            "device": (s.get("env") or {}).get("device_name", (s.get("env") or {}).get("device")),
+        }
+        for name, ph in (s.get("phases") or {}).items():
+            row[f"phase_{name}_total_s"] = ph.get("total_s")
+            row[f"phase_{name}_median_s"] = ph.get("median_s")
+        for source, v in mem.items():
+            row[f"peak_{source}_bytes"] = v.get("bytes")
+            row[f"peak_{source}_source"] = v.get("source")
+            row[f"baseline_{source}_bytes"] = v.get("baseline_bytes")
+            row[f"loaded_{source}_bytes"] = v.get("loaded_bytes")
+        for window, peaks in (s.get("memory_by_phase") or {}).items():
+            for source, value in peaks.items():
+                row[f"mem_{window}_{source}_bytes"] = value
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def mean_std(values: pd.Series, scale: float = 1.0, digits: int = 3) -> str:
-    v = values.dropna() * scale
-    if v.empty:
+# --------------------------------------------------------------------------- aggregates
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (seeded, so a report is reproducible); NaN for fewer than 2 values."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def describe(values: pd.Series | np.ndarray | list[float]) -> dict[str, float]:
+    """n, mean, std (ddof 1), median, bootstrap 95% CI of the mean."""
+    v = pd.Series(values, dtype=float).dropna().to_numpy()
+    lo, hi = bootstrap_ci(v)
+    return {"n": len(v), "mean": float(v.mean()) if len(v) else float("nan"),
+            "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+            "median": float(np.median(v)) if len(v) else float("nan"), "ci95_low": lo, "ci95_high": hi}
+
+
+def scale_for(metric: str | None) -> float:
+    """Accuracy-like metrics are reported in percent, as the papers do."""
+    return 100.0 if (metric or "").lower() in PERCENT_METRICS else 1.0
+
+
+def aggregate(frame: pd.DataFrame, by: tuple[str, ...] = AXES) -> pd.DataFrame:
+    """One row per cell (over seeds): test metric n/mean/std/median/CI, failures, cost medians."""
+    if frame.empty:
+        return pd.DataFrame()
+    rows = []
+    for key, group in frame.groupby(list(by) + ["metric"], dropna=False, sort=False):
+        done = group[group["status"] == "done"]
+        metric = key[-1]
+        scale = scale_for(metric)
+        stats = describe(done["test_metric"] * scale)
+        rows.append({**dict(zip([*by, "metric"], key, strict=True)),
+                     "unit": "%" if scale == 100 else "", "runs": len(group), **stats,
+                     "not_done": ", ".join(f"{n} {st}" for st, n in group.loc[group["status"] != "done", "status"]
+                                           .value_counts().items()),
+                     "median_step_ms": done["median_step_s"].median() * 1000 if len(done) else np.nan,
+                     "forward_passes": done["forward_passes"].median() if len(done) else np.nan})
+    return pd.DataFrame(rows)
+
+
+def fmt_mean_std(mean: float, std: float, n: int, digits: int = 3) -> str:
+    if not n or not np.isfinite(mean):
         return "—"
-    if len(v) == 1:
-        return f"{v.iloc[0]:.{digits}g}"
-    return f"{v.mean():.{digits}g} ± {v.std(ddof=1):.2g}"
+    if n == 1 or not np.isfinite(std):
+        return f"{mean:.{digits}g}"
+    return f"{mean:.{digits}g} ± {std:.2g}"
+
+
+def mean_std(values: pd.Series, scale: float = 1.0, digits: int = 3) -> str:
+    d = describe(values * scale)
+    return fmt_mean_std(d["mean"], d["std"], d["n"], digits)
 
 
 def method_task_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Methods × tasks: test metric (at the best dev evaluation), mean ± std over seeds; failures named."""
     if frame.empty:
         return pd.DataFrame()
+    agg = aggregate(frame, by=("method", "task"))
     cells: dict[tuple[str, str], str] = {}
-    for (method, task, metric), group in frame.groupby(["method", "task", "metric"], dropna=False, sort=False):
-        done = group[group["status"] == "done"]
-        text = mean_std(done["test_metric"]) if not done.empty else "—"
-        bad = group[group["status"] != "done"]["status"].value_counts()
-        if not bad.empty:
-            text += " (" + ", ".join(f"{n} {st}" for st, n in bad.items()) + ")"
-        cells[(method, f"{task} ({metric})")] = text
+    for r in agg.itertuples():
+        text = fmt_mean_std(r.mean, r.std, r.n)
+        if r.not_done:
+            text += f" ({r.not_done})"
+        unit = f", {r.unit}" if r.unit else ""
+        cells[(r.method, f"{r.task} ({r.metric}{unit})")] = text
     table = pd.Series(cells).unstack()
     table.index.name = "method"
     return table
+
+
+def results_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every cell with n, mean ± std and the bootstrap 95% CI, for the HTML page and the CSV export."""
+    agg = aggregate(frame)
+    if agg.empty:
+        return agg
+    out = agg[[*AXES, "metric", "unit", "n", "mean", "std", "ci95_low", "ci95_high", "median_step_ms",
+               "forward_passes", "not_done"]].copy()
+    if out["model"].nunique() == 1 and out["model"].iloc[0] in (None, "none"):
+        out = out.drop(columns="model")
+    return out.round(4)
+
+
+# --------------------------------------------------------------------------- cost and memory
+def memory_source(frame: pd.DataFrame) -> str | None:
+    """The best memory source every finished run has (NVML, then the torch allocator, then RSS)."""
+    for source in SOURCE_ORDER:
+        if f"mem_train_{source}_bytes" in frame and frame[f"mem_train_{source}_bytes"].notna().any():
+            return source
+    return None
+
+
+def memory_table(frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
+    """Per model and method: memory once loaded, peak of the forward-only probe, peak of training.
+
+    The probe is the same model on the first training batch without autograd, measured inside the run;
+    'train / inference' near 1 means training costs what inference costs. Loading and evaluation are
+    windows of their own and are not in either peak.
+    """
+    done = frame[frame["status"] == "done"] if not frame.empty else frame
+    source = source or memory_source(done)
+    if done.empty or source is None:
+        return pd.DataFrame()
+
+    def col(name: str) -> pd.Series:
+        return done[name] if name in done else pd.Series(np.nan, index=done.index)
+
+    data = pd.DataFrame({"model": done["model"], "method": done["method"], "scheme": done["scheme"],
+                         "loaded": col(f"loaded_{source}_bytes"), "inference": col(f"mem_inference_{source}_bytes"),
+                         "train": col(f"mem_train_{source}_bytes"), "state": done["state_bytes"]})
+    mib = 2**20
+    rows = []
+    for (model, method, scheme), g in data.groupby(["model", "method", "scheme"], sort=False):
+        loaded, inf, train = g["loaded"].median(), g["inference"].median(), g["train"].median()
+        rows.append({"model": model, "method": method, "scheme": scheme, "runs": len(g),
+                     "loaded (MiB)": loaded / mib, "inference probe peak (MiB)": inf / mib,
+                     "train peak (MiB)": train / mib, "train − inference (MiB)": (train - inf) / mib,
+                     "train / inference": train / inf if inf and inf > 0 else np.nan,
+                     "optimizer state (MiB)": g["state"].median() / mib})
+    out = pd.DataFrame(rows).set_index(["model", "method", "scheme"]).round(2)
+    out.attrs["source"] = source
+    return out
+
+
+def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: median step time and its phases, the forward-only probe, passes per step, state size."""
+    done = frame[frame["status"] == "done"] if not frame.empty else frame
+    if done.empty:
+        return pd.DataFrame()
+    cols = {"median_step_s": "step (ms)"}
+    for ph in ("forward", "perturbation", "update", "backward"):
+        if f"phase_{ph}_median_s" in done and done[f"phase_{ph}_median_s"].notna().any():
+            cols[f"phase_{ph}_median_s"] = f"{ph} (ms)"
+    cols["inference_forward_s"] = "probe forward (ms)"
+    data = done[["task", "model", "method", "scheme", *cols]].copy()
+    for c in cols:
+        data[c] = data[c] * 1000
+    steps = done["steps"].where(done["steps"] > 0)
+    data["forward passes / step"] = done["forward_passes"] / steps
+    data["backward passes / step"] = done["backward_passes"] / steps
+    data["optimizer state (MiB)"] = done["state_bytes"] / 2**20
+    agg = data.groupby(["task", "model", "method", "scheme"], sort=False).median(numeric_only=True)
+    return agg.rename(columns=cols).round(3)

@@ -1,3 +1,3 @@
-"""Tuning schemes: which parameters a method trains."""
+"""Tuning schemes: which parameters a method trains (full; lora, prefix, prompt through peft)."""
 
-from zobench.schemes import full  # noqa: F401
+from zobench.schemes import full, peft_schemes  # noqa: F401

@@ -1,6 +1,11 @@
-"""Tasks. Importing this package registers every task."""
+"""Tasks. Importing this package registers every task.
 
-from zobench.tasks import sst2, synthetic  # noqa: F401
-from zobench.tasks.base import ChoiceTask, Task
+MeZO's autoregressive setting: sst2, rte, cb, boolq, wsc, wic, multirc (classification), copa, record,
+winogrande (multiple choice), squad, drop (generation). MeZO's masked-LM setting (LM-BFF prompts, k-shot):
+sst2-mlm, sst5-mlm, snli-mlm, mnli-mlm, rte-mlm, trec-mlm. A user's own: custom. Demos: synthetic-sentiment.
+"""
 
-__all__ = ["ChoiceTask", "Task"]
+from zobench.tasks import custom, generation, lmbff, multiple_choice, sst2, superglue, synthetic  # noqa: F401
+from zobench.tasks.base import ChoiceTask, PromptWorkload, Task
+
+__all__ = ["ChoiceTask", "PromptWorkload", "Task"]

@@ -2,7 +2,12 @@
 
 Each example becomes one sequence per option: prompt + option, left-padded so every option sits at
 the end. Only the last positions are turned into logits (the loss needs nothing else), and an
-option's score is the mean log-probability of its tokens. Training loss: cross-entropy over scores.
+option's score is the mean log-probability of its tokens. Training losses:
+- `choice_loss`: cross-entropy over the options' scores (MeZO's classification tasks);
+- `answer_loss`: teacher forcing on the correct option only, token-mean NLL (MeZO's multiple-choice and
+  generation tasks).
+Masked LMs (LM-BFF prompts) are scored at the mask position instead: see `tasks/masked.py`.
+Examples may have different numbers of options (ReCoRD); missing options score -inf.
 """
 
 from __future__ import annotations
@@ -17,21 +22,43 @@ import torch.nn.functional as F
 
 @dataclass
 class Choice:
-    prompt: str
+    prompt: str  # the text before the option (for a masked LM: before the mask)
     options: list[str]
-    label: int
+    label: int  # the option trained towards
+    suffix: str = ""  # text after the mask (masked LMs); causal scoring ignores it
+    correct: tuple[int, ...] | None = None  # every acceptable option (ReCoRD); None = (label,)
+
+    def is_correct(self, predicted: int) -> bool:
+        return predicted in (self.correct if self.correct is not None else (self.label,))
+
+    def answer_text(self) -> str:
+        """The prompt completed with its correct option: one in-context demonstration."""
+        return self.prompt + self.options[self.label]
 
 
-def encode(choices: list[Choice], tokenizer: Any, max_length: int, device: torch.device) -> dict[str, Any]:
-    """Left-padded ids for every (example, option) pair, the mask of option tokens, and labels."""
-    n_opts = len(choices[0].options)
-    if any(len(c.options) != n_opts for c in choices):
-        raise ValueError("every example in a batch needs the same number of options")
-    rows, opt_lens = [], []
+def context_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """Prompt ids with the tokenizer's special tokens; never empty, so the first option token has a context."""
+    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if not ids:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ids = [start if start is not None else 0]
+    return ids
+
+
+def encode(choices: list[Choice], tokenizer: Any, max_length: int, device: torch.device,
+           only_correct: bool = False) -> dict[str, Any]:
+    """Left-padded ids for every (example, option) pair, the mask of option tokens, and labels.
+
+    `only_correct`: one row per example, its correct option (teacher forcing). Prompts are truncated
+    from the left so prompt + option fits `max_length` (as MeZO does).
+    """
+    rows, opt_lens, counts = [], [], []
     for c in choices:
-        prompt_ids = tokenizer(c.prompt, add_special_tokens=True)["input_ids"]
-        for opt in c.options:
-            opt_ids = tokenizer(opt, add_special_tokens=False)["input_ids"]
+        prompt_ids = context_ids(tokenizer, c.prompt)
+        options = [c.options[c.label]] if only_correct else c.options
+        counts.append(len(options))
+        for opt in options:
+            opt_ids = tokenizer(opt, add_special_tokens=False)["input_ids"][: max_length - 1] or [0]
             keep = max(1, max_length - len(opt_ids))
             rows.append(prompt_ids[-keep:] + opt_ids)
             opt_lens.append(len(opt_ids))
@@ -44,34 +71,73 @@ def encode(choices: list[Choice], tokenizer: Any, max_length: int, device: torch
         ids[i, width - len(r):] = torch.tensor(r)
         attn[i, width - len(r):] = 1
         opt_mask[i, width - n:] = True
+    labels = [0 if only_correct else c.label for c in choices]
     return {
-        "input_ids": ids.to(device), "attention_mask": attn.to(device), "option_mask": opt_mask.to(device),
-        "labels": torch.tensor([c.label for c in choices], device=device), "n_options": n_opts,
-        "keep": max(opt_lens) + 1,
+        "kind": "causal", "input_ids": ids.to(device), "attention_mask": attn.to(device),
+        "option_mask": opt_mask.to(device), "labels": torch.tensor(labels, device=device),
+        "counts": counts, "keep": max(opt_lens) + 1,
     }
 
 
+def _base(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _accepts(model: torch.nn.Module, name: str) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return name in inspect.signature(base.forward).parameters
+    return name in inspect.signature(_base(model).forward).parameters
 
 
-def option_scores(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """[examples, options] mean log-likelihood of each option given its prompt."""
+def prompt_learning(model: torch.nn.Module) -> int:
+    """Virtual tokens a peft prompt-learning model prepends to the sequence (prompt tuning); else 0."""
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not getattr(config, "is_prompt_learning", False):
+        return 0
+    return int(config.num_virtual_tokens) if str(config.peft_type).endswith("PROMPT_TUNING") else 0
+
+
+def option_logprobs(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-probability of its option tokens, and how many there are."""
     keep = batch["keep"]
     kwargs: dict[str, Any] = {}
     if _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = keep
-    if _accepts(model, "position_ids"):  # left padding: positions count real tokens only
-        kwargs["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    if _accepts(model, "position_ids") and not prompt_learning(model):  # peft prompt tuning drops them
+        kwargs["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
     logits = logits[:, -keep:-1]
     targets = batch["input_ids"][:, -keep + 1:]
-    mask = batch["option_mask"][:, -keep + 1:].to(logits.dtype if logits.is_floating_point() else torch.float)
+    mask = batch["option_mask"][:, -keep + 1:].float()
     logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    scores = (logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    return scores.view(-1, batch["n_options"])
+    return (logp * mask).sum(-1), mask.sum(-1)
+
+
+def _per_example(flat: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Rows of options → [examples, max options], -inf where an example has fewer options."""
+    if len(set(counts)) == 1:
+        return flat.view(len(counts), counts[0])
+    out = flat.new_full((len(counts), max(counts)), float("-inf"))
+    start = 0
+    for i, n in enumerate(counts):
+        out[i, :n] = flat[start:start + n]
+        start += n
+    return out
+
+
+def option_scores(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """[examples, options]: mean log-likelihood of each option (causal) or its logit at the mask (masked)."""
+    if batch["kind"] == "masked":
+        from zobench.tasks.masked import mask_scores
+
+        return mask_scores(model, batch)
+    total, count = option_logprobs(model, batch)
+    return _per_example(total / count.clamp(min=1), batch["counts"])
 
 
 def choice_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     return F.cross_entropy(option_scores(model, batch), batch["labels"])
+
+
+def answer_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """Teacher forcing on the correct answer only: NLL averaged over all answer tokens of the batch."""
+    total, count = option_logprobs(model, batch)
+    return -total.sum() / count.sum().clamp(min=1)

@@ -1,0 +1,91 @@
+"""DeepZero's gradient estimators (Chen et al., ICLR 2024, arXiv 2310.02025): RGE and CGE."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import PositiveFloat, PositiveInt
+
+from zobench.optim.base import LossFn
+from zobench.optim.zo import ZOMethod, ZOParams
+from zobench.registry import methods
+
+
+class RGEParams(ZOParams):
+    one_sided: bool = True  # DeepZero's RGE is a forward difference
+
+
+@methods.register("rge")
+class RGE(ZOMethod):
+    """DeepZero RGE: ĝ = (1/q) Σ_j (L(θ + μ u_j) − L(θ))/μ · u_j, u_j ~ N(0, I); q + 1 forwards per step.
+
+    The engine's zo-sgd with a forward difference by default (eps is μ); `direction: sphere` gives
+    the sphere version (DeepZero's d·u with u on the unit sphere, μ rescaled by √d). No state.
+    """
+
+    Params = RGEParams
+
+
+class CGEParams(ZOParams):
+    eps: PositiveFloat = 5e-3  # μ (DeepZero's default)
+    q: PositiveInt | None = None  # coordinates estimated per step; None: all d (DeepZero's CGE)
+    direction: Literal["coordinate"] = "coordinate"
+    one_sided: bool = True  # DeepZero's CGE is a forward difference
+
+
+@methods.register("cge")
+class CGE(ZOMethod):
+    """DeepZero CGE: ĝ = Σ_i (L(θ + μ e_i) − L(θ))/μ · e_i over coordinates; one forward per coordinate.
+
+    With q set, q distinct coordinates are drawn per step (seeded) and the estimate is scaled by d/q
+    so that it stays unbiased; q = None estimates every coordinate (d + 1 forwards per step).
+    Each coordinate is perturbed in place and restored from the one saved scalar (exact), so only
+    O(q) numbers are kept. Meant for small models, as in DeepZero. No state.
+    """
+
+    Params = CGEParams
+    hp: CGEParams
+
+    def __init__(self, params: list[torch.nn.Parameter], hp: CGEParams, seed: int) -> None:
+        super().__init__(params, hp, seed)
+        self.offsets = np.cumsum([0] + [p.numel() for p in self.params])
+
+    @torch.no_grad()
+    def probe(self, loss_fn: LossFn) -> tuple[list[int], list[float], float]:
+        self.t += 1
+        d, q = self.dim, self.hp.q
+        coords = np.arange(d) if q is None or q >= d else np.sort(self._rng.choice(d, size=q, replace=False))
+        scale = d / len(coords)
+        base = self.evaluate(loss_fn)
+        mu, grads = self.hp.eps, []
+        for c in coords:
+            i = int(np.searchsorted(self.offsets, c, side="right") - 1)
+            flat = self.params[i].view(-1)
+            j = int(c - self.offsets[i])
+            saved = flat[j].clone()
+            flat[j] += mu
+            plus = float(loss_fn())
+            if self.hp.one_sided:
+                g = (plus - base) / mu
+            else:
+                flat[j] = saved - mu
+                g = (plus - float(loss_fn())) / (2 * mu)
+                self.forward_passes += 1
+            flat[j] = saved  # exact restore
+            self.forward_passes += 1
+            grads.append(scale * g)
+        self.projected_grads, self.base_loss = grads, base
+        return [int(c) for c in coords], grads, base
+
+    @torch.no_grad()
+    def estimate(self, i: int, p: torch.Tensor, seeds: list[int], grads: list[float]) -> torch.Tensor:
+        """Here `seeds` are the global coordinates probed this step."""
+        est = torch.zeros_like(p)
+        coords, values = np.asarray(seeds), np.asarray(grads)
+        inside = (coords >= self.offsets[i]) & (coords < self.offsets[i + 1])
+        if inside.any():
+            index = torch.as_tensor(coords[inside] - self.offsets[i], device=p.device)
+            est.view(-1)[index] = torch.as_tensor(values[inside], device=p.device, dtype=p.dtype)
+        return est

@@ -1,0 +1,91 @@
+"""The six 2-D test functions of ZO-AdaMU's Figure 2 (Jiang et al., AAAI 2024), with their optima.
+
+Each is a task with no model: the trainable parameter is the point (x, y) itself, the objective is
+f(x, y), and evaluation reports the point (so `eval_every: 1` records the trajectory as dev_x, dev_y)
+and its distance to the optimum. Rosenbrock is the paper's printed form 100(x − y²)² + (1 − y)²
+(x and y swapped from the usual one), minimum at (1, 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from zobench.models.base import ModelBundle
+from zobench.registry import tasks
+from zobench.tasks.base import Task
+from zobench.workload import Workload
+
+Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Function2D:
+    formula: str
+    f: Fn
+    optimum: tuple[float, float]
+    domain: tuple[float, float]  # the square [lo, hi]² of the paper's search domain
+    start: tuple[float, float]  # our default start (the paper does not give its starting points)
+
+
+def _beale(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
+
+
+FUNCTIONS: dict[str, Function2D] = {
+    "a": Function2D("|x| + |y|", lambda x, y: x.abs() + y.abs(), (0.0, 0.0), (-3.0, 3.0), (-2.5, 2.0)),
+    "b": Function2D("|x + y| + |x − y|/10", lambda x, y: (x + y).abs() + (x - y).abs() / 10,
+                      (0.0, 0.0), (-3.0, 3.0), (-2.5, 2.0)),
+    "c": Function2D("(x + y)² + (x − y)²/10", lambda x, y: (x + y) ** 2 + (x - y) ** 2 / 10,
+                      (0.0, 0.0), (-3.0, 3.0), (-2.5, 2.0)),
+    "d": Function2D("|x|/10 + |y|", lambda x, y: x.abs() / 10 + y.abs(), (0.0, 0.0), (-3.0, 3.0), (-2.5, 2.0)),
+    "beale": Function2D("Beale", _beale, (3.0, 0.5), (-4.5, 4.5), (1.0, 1.5)),
+    "rosenbrock": Function2D("100(x − y²)² + (1 − y)²", lambda x, y: 100 * (x - y**2) ** 2 + (1 - y) ** 2,
+                               (1.0, 1.0), (-4.5, 4.5), (2.0, -2.0)),
+}
+
+
+class Function2DParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    function: Literal["a", "b", "c", "d", "beale", "rosenbrock"] = "a"
+    start: tuple[float, float] | None = None  # None: the function's default start
+
+
+class Point(torch.nn.Module):
+    def __init__(self, fn: Function2D, start: tuple[float, float]) -> None:
+        super().__init__()
+        self.fn = fn
+        self.xy = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
+
+    def forward(self) -> torch.Tensor:
+        return self.fn.f(self.xy[0], self.xy[1])
+
+
+@tasks.register("test-function")
+class Function2DTask(Task):
+    """ZO-AdaMU Fig. 2's 2-D test functions (a–d, Beale, Rosenbrock as printed); metric: distance to optimum."""
+
+    Params = Function2DParams
+    needs_model = False
+
+    @classmethod
+    def build(cls, params: dict[str, Any], bundle: ModelBundle | None, device: torch.device,
+              seed: int) -> Workload:
+        p = Function2DParams.model_validate(params)
+        fn = FUNCTIONS[p.function]
+        point = Point(fn, p.start or fn.start).to(device)
+        optimum = torch.tensor(fn.optimum, dtype=torch.float64, device=device)
+
+        @torch.no_grad()
+        def evaluate(split: str) -> dict[str, float]:
+            x, y = (float(v) for v in point.xy)
+            return {"x": x, "y": y, "value": float(point()),
+                    "distance_to_optimum": float((point.xy - optimum).norm())}
+
+        return Workload(module=point, train_size=0, loss=lambda _batch: point(), make_batch=lambda _i: None,
+                        evaluate=evaluate, metric="distance_to_optimum", higher_is_better=False,
+                        info={"function": p.function, "formula": fn.formula, "optimum": list(fn.optimum)})
