@@ -174,7 +174,7 @@ def test_executor_option_typos_name_file_and_line(write_suite, tmp_path):
     with pytest.raises(UserError, match=r"executor\.name: unknown executor 'rey'"):
         load_suite(write_suite(dict(SUITE, executor={"name": "rey"})))
     with pytest.raises(UserError, match="given twice"):
-        load_suite(write_suite(dict(SUITE, executor={"name": "ray", "options": {}, "ray": {"num_cpus": 1}})))
+        load_suite(write_suite(dict(SUITE, executor={"name": "ray", "options": {"num_cpus": 2}, "ray": {"num_cpus": 1}})))
     result = run_cli(write_suite(SUITE), tmp_path, "--executor", "subproces")
     assert result.exit_code == 2 and "did you mean 'subprocess'" in result.output
 

@@ -106,6 +106,7 @@ def test_scoring_pads_uneven_options_and_teacher_forces_the_answer():
 
 def test_masked_scoring_reads_the_mask_position():
     bundle = tiny(TINY_BERT, tokenizer="wordpiece")
+    bundle.model.eval()  # no dropout: both paths must see the same network
     tok = wordpiece_tokenizer()
     choices = [Choice("the movie was fun . it was", [" terrible", " great"], 1, suffix="."),
                Choice("boring plot . it was", [" terrible", " great"], 0, suffix=".")]
@@ -189,7 +190,7 @@ def test_custom_task_from_a_yaml_file_beside_the_suite(tmp_path, write_suite):
     _custom_files(tmp_path / "mydata")
     (tmp_path / "reviews.yaml").write_text(
         "files: {train: mydata/train.csv, test: mydata/test.jsonl}\n"
-        "template: '{{ review }} It was'\nverbalizer: {neg: ' bad', pos: ' good'}\nlabel: mood\nmetric: f1\n"
+        "template: '{{ review }} It was'\nverbalizer: {neg: ' bad', pos: ' good'}\nlabel_field: mood\nmetric: f1\n"
         "train_size: 16\ndev_size: 4\n")
     path = write_suite({"name": "own", "defaults": {"steps": 3, "batch_size": 4, "device": "cpu"},
                         "grid": {"models": [{"name": "tiny", "config": TINY_LLAMA}], "tasks": ["reviews.yaml"],
@@ -205,7 +206,7 @@ def test_custom_task_errors_name_the_problem(tmp_path):
     _custom_files(tmp_path)
     task = registry.tasks.get("custom")
     bundle = tiny(TINY_LLAMA)
-    base = {"data_dir": str(tmp_path), "files": {"train": "train.csv", "test": "test.jsonl"}, "label": "mood"}
+    base = {"data_dir": str(tmp_path), "files": {"train": "train.csv", "test": "test.jsonl"}, "label_field": "mood"}
     with pytest.raises(UserError, match="'stars' is undefined"):
         task.build({**base, "template": "{{ stars }}", "verbalizer": {"neg": " a", "pos": " b"}}, bundle, CPU, 0)
     with pytest.raises(UserError, match="label 'pos' is not a verbalizer key"):

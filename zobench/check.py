@@ -31,9 +31,13 @@ EXACT = ("status", "metric", "spec_hash", "steps", "best_step", "forward_passes"
          "state_bytes", "trainable_params", "diverged_at_step")
 VALUES = ("test_metric", "initial_dev_metric", "final_train_loss")
 NESTED = ("test", "best_dev")
-TIMING = ("wall_s", "train_s", "eval_s", "median_step_s")
+TIMING_SUFFIX = "_s"  # wall_s, train_s, median_step_s, ...: seconds, compared only when asked
 TIMING_DEFAULT = Tolerance(rel=0.5)  # wall-clock on a shared machine: only gross slow-downs are drift
 FORMAT = 1
+
+
+def is_timing(name: str) -> bool:
+    return "." not in name and name.endswith(TIMING_SUFFIX)
 
 
 def cell_key(run_id: str) -> str:
@@ -43,7 +47,8 @@ def cell_key(run_id: str) -> str:
 
 def metrics_of(summary: dict[str, Any], spec: CheckSpec) -> dict[str, Any]:
     """The comparable values of one summary, flattened ('test.accuracy'); timing included, ignores dropped."""
-    out: dict[str, Any] = {k: summary[k] for k in (*EXACT, *VALUES, *TIMING) if k in summary}
+    out: dict[str, Any] = {k: summary[k] for k in (*EXACT, *VALUES) if k in summary}
+    out.update({k: v for k, v in summary.items() if is_timing(k) and isinstance(v, int | float)})
     for group in NESTED:
         for k, v in (summary.get(group) or {}).items():
             if isinstance(v, int | float | str | bool) or v is None:
@@ -61,7 +66,7 @@ def tolerance_for(name: str, spec: CheckSpec) -> Tolerance | None:
     for pattern, tol in spec.tolerances.items():
         if fnmatch.fnmatchcase(name, pattern):
             return tol
-    return TIMING_DEFAULT if name in TIMING else None
+    return TIMING_DEFAULT if is_timing(name) else None
 
 
 def holds(ref: Any, got: Any, tol: Tolerance | None) -> bool:
@@ -117,7 +122,7 @@ def compare(reference: dict[str, dict[str, Any]], runs: dict[str, dict[str, Any]
         names = set(ref) | set(got)
         names = {n for n in names if not any(fnmatch.fnmatchcase(n, g) for g in spec.ignore)}
         if not timing:
-            names -= set(TIMING)
+            names = {n for n in names if not is_timing(n)}
         for name in sorted(names):
             compared += 1
             tol = tolerance_for(name, spec)

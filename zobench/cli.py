@@ -30,6 +30,13 @@ def plan(suite_file: Path, data_dir: str | None = None) -> tuple[object, list[Ru
     from zobench.runner import resolve_device
 
     suite, lines = load_suite(suite_file)
+    if suite.regenerates:
+        from zobench.config import where
+        from zobench.report.papers import LAYOUTS, layout_keys
+
+        if not layout_keys(suite.regenerates):
+            raise UserError(f"{where(suite_file, lines, ('regenerates',))}: unknown paper table "
+                            f"'{suite.regenerates}'; known: {', '.join(LAYOUTS)}")
     specs = expand(suite, suite_file, lines, data_dir=data_dir)
     for spec in specs:
         try:
@@ -87,6 +94,9 @@ def run_cmd(
     from zobench.report.frame import method_task_table, runs_frame
 
     frame = runs_frame(store.dir)
+    if frame.empty:  # nothing finished yet (e.g. jobs submitted without waiting)
+        out.print(f"no finished runs yet in {store.dir}/; when they end: zobench report {store.dir}")
+        return
     frame = frame[frame["run_id"].isin({s.run_id for s in specs})]
     out.print(method_task_table(frame).to_string())
     bad = frame[frame["status"] != "done"]

@@ -39,8 +39,13 @@ def load_published(csv: str, root: str | None = None) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- vocabulary
-def _norm(text: str | None) -> str:
-    return re.sub(r"[^a-z0-9]", "", (text or "").lower())
+def _text(value: object) -> str:
+    """A frame cell as text: '' for None and NaN (a column that is empty for some runs)."""
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def _norm(text: object) -> str:
+    return re.sub(r"[^a-z0-9]", "", _text(text).lower())
 
 
 TASK_COLUMNS = {"sst2": "SST-2", "sst5": "SST-5", "snli": "SNLI", "mnli": "MNLI", "rte": "RTE", "trec": "TREC",
@@ -80,7 +85,7 @@ def method_kind(run: Run) -> str:
 
 def paper_model(run: Run) -> str | None:
     """OPT-13B / RoBERTa-large from a hub id, else None (a model of our own)."""
-    ident = (run.get("model_id") or run.get("model") or "").lower()
+    ident = (_text(run.get("model_id")) or _text(run.get("model"))).lower()
     m = re.search(r"opt-(\d+(?:\.\d+)?)b", ident)
     if m:
         return f"OPT-{m.group(1)}B"
@@ -94,11 +99,12 @@ def _ours(run: Run) -> str:
 
 
 def _by_scheme(names: dict[str, str]) -> Callable[[Run], str | None]:
-    """Row from (method family, scheme): `names` maps 'family' or 'family:scheme' to the paper's row."""
+    """Row from (method family, scheme): `names` maps 'family' or 'family:scheme' to the paper's row; a run
+    with no such row gets one of its own, '<method> / <scheme> (ours only)'."""
 
-    def row(run: Run) -> str | None:
+    def row(run: Run) -> str:
         fam, kind = method_kind(run), scheme_kind(run)
-        return names.get(f"{fam}:{kind}") or (names.get(fam) if kind == "full" else None)
+        return names.get(f"{fam}:{kind}") or (names.get(fam) if kind == "full" else None) or _ours(run)
 
     return row
 
@@ -229,15 +235,23 @@ def layout_keys(regenerates: str | None) -> list[str]:
 
 
 # --------------------------------------------------------------------------- placing runs
+def _number(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def _quantity(run: Run, lay: Layout, source: str | None) -> float:
+    """The number a run puts in the table (NaN where the run did not record it)."""
     if lay.quantity == "metric":
-        return float(run["test_metric"]) * scale_for(run.get("metric"))
+        return _number(run.get("test_metric")) * scale_for(run.get("metric"))
     if lay.quantity == "step_time":
-        return float(run["median_step_s"])
-    value = run.get(f"mem_train_{source}_bytes")
-    if value is None or pd.isna(value):
-        value = run.get(f"peak_{source}_bytes")
-    return float(value) / 1e9
+        return _number(run.get("median_step_s"))
+    value = _number(run.get(f"mem_train_{source}_bytes"))
+    if np.isnan(value):
+        value = _number(run.get(f"peak_{source}_bytes"))
+    return value / 1e9
 
 
 def _published(lay: Layout, root: str | None = None) -> pd.DataFrame:

@@ -6,7 +6,7 @@ Declared inline in a suite (`- name: custom` + the fields below) or in a YAML fi
     files: {train: reviews_train.csv, test: reviews_test.csv}   # .csv/.tsv (header), .jsonl, .json
     template: "{{ text }} It was"          # jinja2 over a row's fields; '{{ mask }}' marks a masked LM's mask
     verbalizer: {neg: " terrible", pos: " great"}   # label value → option text (or `options:` + index labels)
-    label: sentiment                        # the field holding the label (default 'label')
+    label_field: sentiment                  # the field holding the label (default "label")
     metric: accuracy                        # accuracy | f1 (macro); generation: f1 | em
 
 A generation task gives `answer:` (a jinja2 template or a field name whose value is a string or a list of
@@ -43,7 +43,7 @@ class CustomParams(BaseModel):
     template: str
     options: list[str] | None = None
     verbalizer: dict[str, str] | None = None
-    label: str = "label"
+    label_field: str = "label"  # the field holding the label
     answer: str | None = None
     metric: Literal["accuracy", "f1", "em"] = "accuracy"
     objective: Literal["loss", "accuracy", "f1", "em"] = "loss"
@@ -112,10 +112,10 @@ class CustomTask(ChoiceTask):
     @classmethod
     def label_index(cls, p: CustomParams, row: dict[str, Any]) -> int:
         where = row["__where__"]
-        if p.label not in row:
+        if p.label_field not in row:
             fields = sorted(set(row) - {"__where__"})
-            raise UserError(f"{where}: no label field '{p.label}'; set 'label' to one of {fields}")
-        value = row[p.label]
+            raise UserError(f"{where}: no label field '{p.label_field}'; set label_field to one of {fields}")
+        value = row[p.label_field]
         if p.verbalizer is not None:
             keys = list(p.verbalizer)
             for key in (str(value), str(value).lower()):
