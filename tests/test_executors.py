@@ -18,6 +18,8 @@ from zobench.cli import app
 from zobench.config import load_suite
 from zobench.errors import UserError
 from zobench.executors.pool import SubprocessExecutor
+from zobench.grid import expand
+from zobench.store import Store
 
 SUITE = {
     "name": "fan",
@@ -174,7 +176,8 @@ def test_executor_option_typos_name_file_and_line(write_suite, tmp_path):
     with pytest.raises(UserError, match=r"executor\.name: unknown executor 'rey'"):
         load_suite(write_suite(dict(SUITE, executor={"name": "rey"})))
     with pytest.raises(UserError, match="given twice"):
-        load_suite(write_suite(dict(SUITE, executor={"name": "ray", "options": {"num_cpus": 2}, "ray": {"num_cpus": 1}})))
+        twice = {"name": "ray", "options": {"num_cpus": 2}, "ray": {"num_cpus": 1}}
+        load_suite(write_suite(dict(SUITE, executor=twice)))
     result = run_cli(write_suite(SUITE), tmp_path, "--executor", "subproces")
     assert result.exit_code == 2 and "did you mean 'subprocess'" in result.output
 
@@ -185,3 +188,44 @@ def test_options_follow_the_engine_picked(write_suite):
     assert suite.executor.options_for("subprocess") == {"workers": 2, "threads": 1}
     plain, _ = load_suite(write_suite(dict(SUITE, executor={"name": "subprocess", "options": {"workers": 3}})))
     assert plain.executor.options_for("subprocess") == {"workers": 3} and plain.executor.options_for("ray") == {}
+
+
+def test_run_held_by_another_process_is_waited_for_not_run_twice(write_suite, tmp_path, monkeypatch):
+    """The pool's worker finds the run locked (exit 3), the executor waits for the holder in a second pass,
+    and takes the holder's result instead of running the run again."""
+    import threading
+
+    from zobench import runner
+
+    path = write_suite({**SUITE, "grid": {**SUITE["grid"], "methods": [SUITE["grid"]["methods"][0]], "seeds": [0]}})
+    suite, _ = load_suite(path)
+    [spec] = expand(suite, path)
+    store = Store(tmp_path / "results", "fan")
+    held, first_pass_over = threading.Event(), threading.Event()
+
+    def holder() -> None:  # "another process": holds the lock, then runs the run itself
+        with store.claim(spec.run_id) as mine:
+            assert mine
+            held.set()
+            first_pass_over.wait(120)
+            runner.run(spec, store)
+
+    fan = SubprocessExecutor.fan
+
+    def fan_and_signal(self, specs, store, wait):
+        out = fan(self, specs, store, wait)
+        if not wait:
+            assert [s.get("held_elsewhere") for s in out] == [True]
+            first_pass_over.set()
+        return out
+
+    monkeypatch.setattr(SubprocessExecutor, "fan", fan_and_signal)
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(60)
+    try:
+        [summary] = SubprocessExecutor({"workers": 1, "threads": 1}).run([spec], store)
+    finally:
+        first_pass_over.set()
+        thread.join(120)
+    assert summary["status"] == "done" and summary["pid"] == os.getpid()  # the holder's run, not a second one

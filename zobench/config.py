@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from zobench.errors import UserError, did_you_mean
+from zobench.lm_eval_bridge import LmEvalSettings
 
 Loc = tuple[str | int, ...]
 
@@ -122,6 +123,7 @@ class RunSettings(Strict):
     select: Literal["best-dev", "last"] = "best-dev"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_seconds: float | None = Field(None, gt=0, description="stop a run after this much wall-clock")
+    lm_eval: LmEvalSettings | None = Field(None, description="lm-eval tasks run on the final model (in-process)")
 
 
 class Component(BaseModel):

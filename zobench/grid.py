@@ -38,6 +38,8 @@ class RunSpec(BaseModel):
 
     def hashed(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude={"suite"})
+        if data["settings"].get("lm_eval") is None:  # unset: runs keep the ids they had before the field existed
+            data["settings"].pop("lm_eval", None)
         for axis in AXES:
             data[axis]["params"] = {k: v for k, v in data[axis]["params"].items() if k not in UNHASHED}
             data[axis].pop("label")

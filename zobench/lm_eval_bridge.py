@@ -74,5 +74,5 @@ def evaluate(model: Any, tokenizer: Any, settings: LmEvalSettings | dict[str, An
         model.train(was_training)
     results = (out or {}).get("results", {})
     return {task: {k.split(",")[0]: float(v) for k, v in metrics.items() if isinstance(v, int | float)
-                   and not k.startswith("alias") and "stderr" not in k}
+                   and not k.startswith(("alias", "sample_len")) and "stderr" not in k}
             for task, metrics in results.items()}

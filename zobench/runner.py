@@ -178,7 +178,14 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
         workload.module.load_state_dict(best["state"], strict=False)
     with clock.phase("evaluation"), memory.window("evaluation"):
         test = workload.evaluate("test")
+    lm_eval = None
+    if settings.lm_eval is not None and bundle is not None:  # the final model, in-process (zobench/lm_eval_bridge.py)
+        from zobench.lm_eval_bridge import evaluate as lm_eval_evaluate
+
+        with clock.phase("lm_eval"):
+            lm_eval = lm_eval_evaluate(workload.module, bundle.tokenizer, settings.lm_eval)
     return {
+        **({"lm_eval": lm_eval} if lm_eval is not None else {}),
         "metric": metric, "higher_is_better": workload.higher_is_better,
         "test": test, "test_metric": test[metric], "best_dev": best["dev"], "best_step": best["step"],
         "initial_dev_metric": best.get("initial"), "final_train_loss": train_loss, "steps": steps_done,

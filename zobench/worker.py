@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads for this run")
     parser.add_argument("--wait", action="store_true", help="wait for another process that holds the run")
     args = parser.parse_args(argv)
-    spec_json = sys.stdin.read() if args.spec == "-" else open(args.spec).read()
+    spec_json = sys.stdin.read() if args.spec == "-" else Path(args.spec).read_text()
     summary = run_spec_json(spec_json, args.results, args.threads, args.wait)
     if "user_error" in summary:
         print(f"error: {summary['user_error']}", file=sys.stderr)

@@ -134,7 +134,11 @@ class SlurmExecutor(FanoutExecutor):
         gpus = [int(g) for g in visible_gpus() if g.isdigit()]
         if o.gpus_per_node and gpus:
             groups = [tuple(gpus[i:i + o.gpus_per_node]) for i in range(0, len(gpus), o.gpus_per_node)]
-            return [g for g in groups if len(g) == o.gpus_per_node][: o.array_parallelism]
+            groups = [g for g in groups if len(g) == o.gpus_per_node][: o.array_parallelism]
+            if not groups:
+                raise UserError(f"executor 'slurm' (cluster: local): each run asks for {o.gpus_per_node} GPUs but "
+                                f"{len(gpus)} are visible; lower executor.slurm.gpus_per_node")
+            return groups
         return [()] * min(o.array_parallelism, max(1, cpu_count() // (self.threads() or 1)))
 
     def _collect(self, specs: list[RunSpec], store: Store, jobs: dict[int, Any], args: list[tuple],

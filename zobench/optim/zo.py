@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
+from zobench.measure import phase
 from zobench.optim.base import LossFn, Method, MethodParams
 from zobench.optim.virtual import Shift, shifted
 
@@ -155,7 +156,8 @@ class ZOMethod(Method):
     # -- the step ---------------------------------------------------------------------------
     def step(self, loss_fn: LossFn) -> float:
         seeds, grads, loss = self.probe(loss_fn)
-        self.update(seeds, grads)
+        with phase("update"):
+            self.update(seeds, grads)
         return loss
 
     @torch.no_grad()

@@ -135,6 +135,11 @@ def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, summaries: list[dict[
     png, caption = profiles_figure(curves, frame)
     if png or caption:
         figures.append({"title": "Performance profiles", "png": _b64(png), "caption": caption})
+    from zobench.report.trajectories import section as trajectory_section  # only with 2-D test-function runs
+
+    traj_table, traj_figure = trajectory_section(summaries, tables_dir)
+    ours += [traj_table] if traj_table else []
+    figures += [traj_figure] if traj_figure else []
 
     statuses = ", ".join(f"{n} {s}" for s, n in frame["status"].value_counts().items()) if len(frame) else "none"
     page = _env().get_template("suite.html").render(

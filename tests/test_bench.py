@@ -1,0 +1,87 @@
+"""`zobench bench`: structure of the table and its ratios (no timing assertions), the two losses, MeZO's step."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from zobench.bench import TIME_MODES, MeZOReference, bench, build_subject, format_table
+from zobench.cli import app
+
+
+@pytest.fixture(scope="module")
+def tiny_result() -> dict:
+    return bench("tiny-opt", batch=4, seq=16, repeats=1, threads=1, memory_modes=("inference", "zo-sgd"))
+
+
+def test_bench_table_and_ratios(tiny_result: dict) -> None:
+    r = tiny_result
+    assert set(r["time"]) == set(TIME_MODES)
+    assert all(v["median_s"] > 0 and v["runs"] == 1 for v in r["time"].values())
+    assert r["shape"] == [4, 16] and r["params"] > 0
+    assert {"zo-sgd / F", "mezo-reference / F", "fo-adam / F", "mezo-reference / zo-sgd",
+            "zo-sgd rss / inference"} <= set(r["ratios"])
+    assert all(math.isfinite(v) and v > 0 for v in r["ratios"].values())
+    for mode in ("inference", "zo-sgd"):
+        assert r["memory"][mode]["peak"]["rss"] > 100 * 2**20  # a whole interpreter with torch in it
+        assert r["memory"][mode]["sources"]["rss"]
+    table = format_table(r).splitlines()
+    assert table[0].startswith("model tiny-opt:")
+    assert table[1].split() == ["mode", "median", "s", "/", "F", "peak", "RSS", "MB", "/", "inf"]
+    rows = {line.split()[0]: line.split() for line in table[2:-1]}
+    assert set(rows) == set(TIME_MODES) | {"inference"}
+    assert rows["forward"][2] == "1.00" and rows["inference"][4] == "1.000"
+    assert rows["fo-adam"][3] == "-"  # no memory probe asked for it: shown as missing, not as zero
+    assert table[-1].startswith("targets: zo-sgd / F = ")
+
+
+def test_our_loss_equals_the_full_logits_loss() -> None:
+    """Keeping only the logits the loss needs changes the cost, not the number."""
+    subject = build_subject("tiny-opt", 4, 16, torch.device("cpu"), torch.float32)
+    with torch.inference_mode():
+        assert float(subject.loss()) == pytest.approx(float(subject.full_loss()), rel=1e-5)
+
+
+def test_mezo_reference_is_algorithm_1() -> None:
+    """After a step θ' = θ − η·g·z with g the central difference at θ ± εz, z = torch.normal after manual_seed."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    x, y = torch.randn(8, 5), torch.randn(8, 3)
+
+    def loss() -> torch.Tensor:
+        return ((model(x) - y) ** 2).mean()
+
+    before = [p.detach().clone() for p in model.parameters()]
+    ref = MeZOReference(model, lr=0.1, eps=1e-3, seed=3)
+    seed = int(__import__("numpy").random.RandomState(3).randint(1000000000))
+    torch.manual_seed(seed)
+    zs = [torch.normal(mean=0, std=1, size=p.size()) for p in before]
+    with torch.no_grad():
+        for p, b, z in zip(model.parameters(), before, zs, strict=True):
+            p.copy_(b + 1e-3 * z)
+        plus = float(loss())
+        for p, b, z in zip(model.parameters(), before, zs, strict=True):
+            p.copy_(b - 1e-3 * z)
+        minus = float(loss())
+        for p, b in zip(model.parameters(), before, strict=True):
+            p.copy_(b)
+    seen = ref.step(loss)
+    g = (plus - minus) / 2e-3
+    assert seen == pytest.approx(plus, rel=1e-6)
+    for p, b, z in zip(model.parameters(), before, zs, strict=True):
+        torch.testing.assert_close(p.detach(), b - 0.1 * g * z, rtol=0, atol=1e-5)
+
+
+def test_cli_bench_verb(tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, ["bench", "--model", "tiny-opt", "--batch", "4", "--seq", "16", "--repeats", "1",
+                                   "--threads", "1", "--no-memory", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "mezo-reference" in res.output and "targets:" in res.output
+    assert json.loads(out.read_text())[0]["model"] == "tiny-opt"
+    bad = CliRunner().invoke(app, ["bench", "--model", "gpt-9", "--no-memory"])
+    assert bad.exit_code == 2 and "unknown bench model 'gpt-9'" in bad.output
