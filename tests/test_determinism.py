@@ -6,6 +6,7 @@ which tasks a method pairs with), twice, into two fresh folders; everything but 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +22,9 @@ from zobench.store import Store
 SUITE = Path(__file__).resolve().parents[1] / "suites" / "regression-cpu.yaml"
 
 
+@functools.cache
 def _cells() -> dict[str, list[RunSpec]]:
+    """Method name → its cells in the regression suite."""
     _, specs = plan(SUITE)
     out: dict[str, list[RunSpec]] = {}
     for spec in specs:
@@ -29,19 +32,17 @@ def _cells() -> dict[str, list[RunSpec]]:
     return out
 
 
-CELLS = _cells()
-
 
 def test_regression_suite_covers_every_method():
-    missing = sorted(set(registry.methods.names()) - set(CELLS))
+    missing = sorted(set(registry.methods.names()) - set(_cells()))
     assert not missing, f"add {missing} to {SUITE} (and rerun `zobench check ... --update`)"
 
 
 @pytest.mark.parametrize("method", registry.methods.names())
 def test_same_spec_and_seed_give_identical_curves(method, tmp_path):
-    if method not in CELLS:
+    if method not in _cells():
         pytest.fail(f"method '{method}' has no cell in {SUITE}; add it there")
-    cells = CELLS[method]
+    cells = _cells()[method]
     spec = next((s for s in cells if s.model.name != "none"), cells[0])  # a model cell exercises more
     spec = spec.model_copy(update={"settings": spec.settings.model_copy(update={"steps": 3, "eval_every": 3})})
     summaries, curves = [], []

@@ -9,7 +9,7 @@ from conftest import TINY_LLAMA
 from zobench import registry
 from zobench.errors import UserError
 from zobench.tasks.masked import encode_masked, mask_scores
-from zobench.tasks.scoring import Choice, encode, option_scores
+from zobench.tasks.scoring import Choice, encode, option_scores, prompt_learning
 
 CPU = torch.device("cpu")
 TINY_BERT = {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
@@ -53,6 +53,10 @@ def test_masked_scheme_scores_at_the_mask(scheme, params):
         params = {**params, "target_modules": ["query", "value"]}
     model, tok, _ = wrapped(TINY_BERT, "wordpiece", scheme, params)
     batch = encode_masked([Choice("fun movie . it was", [" terrible", " great"], 1, suffix=".")], tok, 32, CPU)
+    assert prompt_learning(model) == (3 if scheme == "prompt" else 0)  # prompt tuning shifts the mask position
+    if scheme == "prompt":
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        assert full.shape[1] == batch["input_ids"].shape[1] + 3
     _scores_move_with_trainables(model, lambda: mask_scores(model, batch))
 
 

@@ -1,4 +1,4 @@
-"""Training-free baselines (zero-shot, ICL, linear probing) through the one runner, and non-differentiable objectives."""
+"""Training-free baselines (zero-shot, ICL, linear probing) through the one runner; non-differentiable objectives."""
 
 from __future__ import annotations
 

@@ -76,8 +76,9 @@ class Clock:
             self._open.discard(name)
 
     def lap(self) -> dict[str, float]:
-        """Seconds per phase since the previous lap (phases that did not run are left out)."""
-        out = {k: v - self._lap_start.get(k, 0.0) for k, v in self.totals.items()}
+        """Seconds per phase since the previous lap (phases that did not run are left out). Evaluation is
+        not part of a step: it is in `totals` only."""
+        out = {k: v - self._lap_start.get(k, 0.0) for k, v in self.totals.items() if k != "evaluation"}
         self._lap_start = dict(self.totals)
         out = {k: v for k, v in out.items() if v > 0.0}
         for k, v in out.items():
@@ -168,7 +169,11 @@ class _NVML:
         pynvml.nvmlInit()
         self.nvml = pynvml
         index = device.index if device.index is not None else torch.cuda.current_device()
-        self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        try:  # by UUID: under CUDA_VISIBLE_DEVICES, torch's index is not NVML's
+            uuid = str(torch.cuda.get_device_properties(index).uuid)
+            self.handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+        except (AttributeError, pynvml.NVMLError):
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         self.baseline = pynvml.nvmlDeviceGetMemoryInfo(self.handle).used
         self.source = "nvml-process"
 

@@ -3,7 +3,8 @@
 Each is a task with no model: the trainable parameter is the point (x, y) itself, the objective is
 f(x, y), and evaluation reports the point (so `eval_every: 1` records the trajectory as dev_x, dev_y)
 and its distance to the optimum. Rosenbrock is the paper's printed form 100(x − y²)² + (1 − y)²
-(x and y swapped from the usual one), minimum at (1, 1).
+(x and y swapped from the usual one), minimum at (1, 1). A point that runs off beyond 1000 domain
+half-widths gets the value ∞, so the runner records the run as diverged.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from zobench.tasks.base import Task
 from zobench.workload import Workload
 
 Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ESCAPED = 1e3  # a point this many domain half-widths out has diverged
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,10 @@ class Point(torch.nn.Module):
         self.xy = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
 
     def forward(self) -> torch.Tensor:
-        return self.fn.f(self.xy[0], self.xy[1])
+        xy = self.xy
+        if bool((xy.detach().abs() > ESCAPED * self.fn.domain[1]).any()):  # blown up: report ∞ (the runner
+            return xy.abs().sum() * torch.inf  # marks the run diverged) rather than values near the float limit
+        return self.fn.f(xy[0], xy[1])
 
 
 @tasks.register("test-function")

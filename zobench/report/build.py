@@ -70,7 +70,8 @@ def provenance(summaries: list[dict[str, Any]]) -> dict[str, str]:
 def _table_html(table: pd.DataFrame, empty: str) -> str:
     if table.empty:
         return f"<p class='muted'>{empty}</p>"
-    return table.to_html(border=0, na_rep="—", float_format=lambda v: f"{v:.4g}", classes="data")
+    return table.to_html(border=0, na_rep="—", float_format=lambda v: f"{v:.4g}", classes="data",
+                         index=not isinstance(table.index, pd.RangeIndex))
 
 
 def _paper_sections(frame: pd.DataFrame, keys: list[str], folder: Path) -> tuple[list[dict], list[dict]]:
@@ -117,7 +118,8 @@ def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, summaries: list[dict[
                     f"training step. Freed heap is handed back at each window change, so evaluation and "
                     f"loading are in neither peak.")
         files = export(table, tables_dir, name, caption=title) if not table.empty else {}
-        ours.append({"title": title, "html": _table_html(table, empty), "note": note, "files": files})
+        ours.append({"title": title, "html": _table_html(table, empty), "note": note, "files": files,
+                     "section": "cost" if name in ("memory", "cost") else "results"})
 
     figures: list[dict[str, Any]] = []  # {title, png (base64), caption}: append here to add a figure
     for task in dict.fromkeys(frame["task"]) if not frame.empty else []:

@@ -54,7 +54,10 @@ def on_grid(curves: pd.DataFrame, x: str, y: str, points: int = GRID_POINTS) -> 
     for series, group in data.groupby("series", sort=False):
         hi = group.groupby("run_id")[x].max().min()  # the range every seed covers: medians over all seeds
         lo = group[x].min()
-        if not np.isfinite(hi) or hi <= lo:
+        if not np.isfinite(hi):
+            continue
+        if hi <= lo:  # one point per run (a single evaluation): keep the points as they are
+            out.append(group[["series", "run_id", x, y]])
             continue
         grid = np.linspace(lo, hi, points)
         for run_id, run in group.groupby("run_id", sort=False):
@@ -72,7 +75,7 @@ def _band_plot(ax: Any, data: pd.DataFrame, x: str, y: str, palette: dict[str, A
         if stats.empty:
             continue
         color = palette.get(series)
-        ax.plot(stats.index, stats["median"], label=series, color=color, lw=1.6)
+        ax.plot(stats.index, stats["median"], label=series, color=color, lw=1.6, marker="o" if len(stats) < 3 else None)
         if (stats["count"] > 1).any():
             ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.18, lw=0)
 

@@ -170,6 +170,7 @@ def memory_table(frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame
     data = pd.DataFrame({"model": done["model"], "method": done["method"], "scheme": done["scheme"],
                          "loaded": col(f"loaded_{source}_bytes"), "inference": col(f"mem_inference_{source}_bytes"),
                          "train": col(f"mem_train_{source}_bytes"), "state": done["state_bytes"]})
+    data.loc[~(pd.to_numeric(col("steps"), errors="coerce") > 0), "train"] = np.nan  # zero-shot, ICL: no training
     mib = 2**20
     rows = []
     for (model, method, scheme), g in data.groupby(["model", "method", "scheme"], sort=False):

@@ -248,7 +248,8 @@ def _quantity(run: Run, lay: Layout, source: str | None) -> float:
         return _number(run.get("test_metric")) * scale_for(run.get("metric"))
     if lay.quantity == "step_time":
         return _number(run.get("median_step_s"))
-    value = _number(run.get(f"mem_train_{source}_bytes"))
+    trained = _number(run.get("steps")) > 0  # zero-shot / ICL: no training steps, so their inference probe
+    value = _number(run.get(f"mem_{'train' if trained else 'inference'}_{source}_bytes"))
     if np.isnan(value):
         value = _number(run.get(f"peak_{source}_bytes"))
     return value / 1e9

@@ -116,7 +116,8 @@ def export(table: pd.DataFrame, folder: Path, name: str, csv: pd.DataFrame | Non
     folder.mkdir(parents=True, exist_ok=True)
     files = {"csv": f"{name}.csv", "md": f"{name}.md", "tex": f"{name}.tex"}
     atomic_write(folder / files["csv"], (csv if csv is not None else table).to_csv(index=csv is None).encode())
-    md = (f"{caption}\n\n" if caption else "") + table.to_markdown() + "\n"
+    flat = table.reset_index() if isinstance(table.index, pd.MultiIndex) else table
+    md = (f"{caption}\n\n" if caption else "") + flat.to_markdown(index=flat is table) + "\n"
     atomic_write(folder / files["md"], md.encode())
     tex = table.to_latex(caption=caption or None, label=f"tab:{name}", na_rep="—", escape=True, float_format="%.3g")
     atomic_write(folder / files["tex"], tex.encode())
