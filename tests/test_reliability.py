@@ -227,7 +227,7 @@ def test_a_run_held_by_another_process_is_waited_for_not_run_twice(write_suite, 
 
 def test_two_processes_on_one_suite_run_each_run_once(write_suite, tmp_path):
     suite = json.loads(json.dumps(SLOW))
-    suite["defaults"]["steps"] = 800
+    suite["defaults"]["steps"] = 500
     suite["grid"]["seeds"] = [0, 1, 2]  # 6 runs of ~1 s
     path, results = write_suite(suite), tmp_path / "results"
     logs = [(tmp_path / f"p{i}.log").open("w") for i in range(2)]

@@ -10,6 +10,7 @@ wall-clock metrics are left out unless asked for (`--timing` or `check.timing`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fnmatch
 import json
@@ -172,9 +173,19 @@ def _run(specs: list[RunSpec], store: Store, threads: int, console: Console) -> 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # CPU sums depend on the thread split: pin it so numbers repeat
     try:
-        LocalExecutor({}, console=console).run(pending(specs, store), store)
+        with _blas_threads(threads):
+            LocalExecutor({}, console=console).run(pending(specs, store), store)
     finally:
         torch.set_num_threads(before)
+
+
+def _blas_threads(threads: int) -> Any:
+    """numpy/scikit-learn BLAS pinned too (threadpoolctl comes with scikit-learn); a no-op without it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads)
 
 
 def run_check(suite: Suite, specs: list[RunSpec], against: Path, results: Path | None = None,

@@ -23,8 +23,11 @@ def measure(model_dir: str, steps: int = 2) -> list[tuple[str, int, int, int]]:
     from transformers import AutoModel
 
     rows = []
+    from zobench.optim.first_order import FirstOrder
+    from zobench.optim.zo import ZOMethod
+
     for name, cls in registry.methods.items():
-        if name in SKIP:
+        if name in SKIP or not issubclass(cls, ZOMethod | FirstOrder):  # training-free baselines keep nothing
             continue
         model = AutoModel.from_pretrained(model_dir, attn_implementation="eager")  # eager: forward-mode AD
         params = [p for p in model.parameters() if p.requires_grad]

@@ -114,19 +114,25 @@ def curves_figure(curves: pd.DataFrame, runs: pd.DataFrame, task: str) -> bytes 
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), frameon=False,
-                   bbox_to_anchor=(0.5, 1.0))
-    fig.suptitle(f"{task}: median over seeds, band = min–max over seeds", y=1.06 if handles else 1.0)
+    fig.suptitle(f"{task}: median over seeds, band = min–max over seeds")
     fig.tight_layout()
+    legend_below(fig, axes[0][0])
     return to_png(fig)
+
+
+def legend_below(fig: Any, ax: Any) -> None:
+    """One legend for the figure, under the panels (long labels never cover a title)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), frameon=False,
+                   bbox_to_anchor=(0.5, 0.0))
 
 
 def memory_figure(frame: pd.DataFrame) -> bytes | None:
     """Peak memory above the loaded level (model, data and method built), by method and model: the
     forward-only probe beside training, one panel per source (RSS on CPU; NVML and the allocator on a GPU)."""
     done = frame[frame["status"] == "done"] if not frame.empty else frame
+    trained = pd.to_numeric(done.get("steps"), errors="coerce") > 0  # zero-shot / ICL: the probe only
     rows = []
     for source in ("rss", "torch_allocator", "nvml"):
         loaded = done.get(f"loaded_{source}_bytes")
@@ -136,8 +142,9 @@ def memory_figure(frame: pd.DataFrame) -> bytes | None:
             col = f"mem_{window}_{source}_bytes"
             if col not in done or done[col].isna().all():
                 continue
+            mib = (done[col] - loaded) / 2**20
             rows.append(pd.DataFrame({"source": SOURCE_NAMES[source], "window": label,
-                                      "MiB": (done[col] - loaded) / 2**20,
+                                      "MiB": mib.where(trained) if window == "train" else mib,
                                       "method": series_label(done.assign(model="")),
                                       "model": done["model"].astype(str)}))
     if not rows:

@@ -193,12 +193,15 @@ LAYOUTS: dict[str, Layout] = {lay.key: lay for lay in [
     Layout("mezo-table22", "mezo-table22.csv", "MeZO Table 22 — peak memory by model size (GB)",
            "OPT-1.3B … 66B", "model", ("zero-shot / MeZO", "ICL", "prefix FT", "full FT"),
            lambda r: paper_model(r) or str(r["model"]), _t22_column, quantity="memory", unit="GB",
-           model_axis=True, notes=("The paper measured GPU memory on MultiRC; ours is whatever task ran, "
-                                   "peak of the training window, source named above.",)),
+           model_axis=True, std_suffix=" A100s",
+           notes=("In parentheses: the number of A100-80GB GPUs the paper needed. The paper measured GPU memory "
+                  "on MultiRC; ours is whatever task ran, peak of the training window (a training-free method: "
+                  "its forward-only probe), source named above.",)),
     Layout("mezo-table23", "mezo-table23.csv", "MeZO Table 23 — seconds per step by model size",
            "OPT-1.3B … 66B", "setting", OPT_SIZES[:2] + OPT_SIZES[3:], _t23_row,
            lambda r: paper_model(r) or str(r["model"]), quantity="step_time", unit="s", model_axis=True,
-           notes=("Ours: median seconds per training step on this run's device.",)),
+           std_suffix=" A100s", notes=("In parentheses: the number of A100 GPUs the paper used. Ours: median "
+                                       "seconds per training step on this run's device.",)),
     Layout("zo-bench-table2", "zo-bench-table2.csv", "ZO-Bench Table 2 — OPT-1.3B on SST-2 (accuracy, %)",
            "OPT-1.3B", "method", ("FT", "LoRA", "prefix", "prompt"),
            lambda r: ZOBENCH_ROWS.get(method_kind(r), _ours(r).replace(f" / {r['scheme']}", "")),

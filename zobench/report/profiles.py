@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from zobench.report.figures import pyplot, series_label, to_png
+from zobench.report.figures import legend_below, pyplot, series_label, to_png
 
 MEASURES = {"seconds_to_target": "training seconds to target", "forward_passes_to_target": "forward passes to target",
             "peak_memory": "training peak memory above loaded model"}
@@ -52,6 +52,7 @@ def costs(curves: pd.DataFrame, runs: pd.DataFrame, fraction: float = 0.5) -> pd
     if tg.empty:
         return pd.DataFrame()
     runs = runs.assign(solver=series_label(runs))
+    runs = runs[pd.to_numeric(runs["steps"], errors="coerce") > 0]  # zero-shot / ICL do not train: no solver
     source = next((s for s in ("nvml", "torch_allocator", "rss") if f"mem_train_{s}_bytes" in runs
                    and runs[f"mem_train_{s}_bytes"].notna().any()), None)
     out = []
@@ -122,15 +123,8 @@ def profiles_figure(curves: pd.DataFrame, runs: pd.DataFrame, fraction: float = 
         ax.set_ylabel("share of problems with ratio ≤ τ")
         ax.set_title(f"{title}\n({len(r)} problems)", fontsize=10)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if not handles:
-        for ax in axes[0]:
-            handles, labels = ax.get_legend_handles_labels()
-            if handles:
-                break
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), frameon=False,
-               bbox_to_anchor=(0.5, 1.08))
     fig.tight_layout()
+    legend_below(fig, max(axes[0], key=lambda ax: len(ax.get_legend_handles_labels()[0])))
     n_problems = cost["problem"].nunique()
     caption = (f"Dolan–Moré performance profiles over {n_problems} problems (model · task · seed). Target: the "
                f"step-0 dev metric plus {fraction:.0%} of the way to the best dev metric of the first-order runs "

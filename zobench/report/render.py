@@ -42,8 +42,8 @@ def _parts(panel: Panel, cell: pd.Series | None) -> tuple[str, str, str]:
     paper = ""
     if pd.notna(cell.get("paper")):
         paper = _num(cell["paper"], unit)
-        if pd.notna(cell.get("paper_std")):
-            paper += f" ({_num(cell['paper_std'], unit)})"
+    if pd.notna(cell.get("paper_std")):  # a std, or (Tables 22-23) a GPU count, which may stand alone
+        paper = (paper + " " if paper else "") + f"({_num(cell['paper_std'], unit)})"
     delta = _signed(cell["delta"], unit) if pd.notna(cell.get("delta")) else ""
     return ours, paper, delta
 
