@@ -79,7 +79,8 @@ def describe(values: pd.Series | np.ndarray | list[float]) -> dict[str, float]:
 
 def scale_for(metric: str | None) -> float:
     """Accuracy-like metrics are reported in percent, as the papers do."""
-    return 100.0 if (metric or "").lower() in PERCENT_METRICS else 1.0
+    # a run that failed before its task was built has no metric (NaN in the frame)
+    return 100.0 if isinstance(metric, str) and metric.lower() in PERCENT_METRICS else 1.0
 
 
 def aggregate(frame: pd.DataFrame, by: tuple[str, ...] = AXES) -> pd.DataFrame:
