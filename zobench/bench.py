@@ -290,7 +290,8 @@ def time_modes(subject: Subject, modes: tuple[str, ...], repeats: int, device: t
 
 
 def memory_child(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Inside a fresh process: build the subject, then the peak memory of `steps` calls of one mode."""
+    """Inside a fresh process: build the subject, run one call of the mode, then the peak memory of `steps`
+    more calls (absolute: weights, libraries and whatever the mode keeps between calls are all in it)."""
     from zobench import registry
 
     torch.set_num_threads(cfg["threads"])
@@ -298,7 +299,7 @@ def memory_child(cfg: dict[str, Any]) -> dict[str, Any]:
     subject = build_subject(cfg["model"], cfg["batch"], cfg["seq"], device, getattr(torch, cfg["dtype"]))
     registry.load_builtins()  # what a mode imports is not its memory
     call = make_mode(cfg["mode"], subject)
-    make_mode("forward", subject)()  # one-time library set-up (thread pools, kernels) is no mode's either
+    call()  # steady state: one-time set-up (lazy imports, thread pools) is left out, kept state (Adam's) is in
     with PeakMemory(device) as mem:
         mem.switch("run")
         for _ in range(cfg["steps"]):

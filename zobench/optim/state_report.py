@@ -37,7 +37,7 @@ def measure(model_dir: str, steps: int = 2) -> list[tuple[str, int, int, int]]:
         if not method.needs_grad:
             model.requires_grad_(False)
         for _ in range(steps):
-            method.step(lambda: model(input_ids=ids).last_hidden_state.pow(2).mean())
+            method.step(lambda m=model, i=ids: m(input_ids=i).last_hidden_state.pow(2).mean())
         rows.append((name, method.state_bytes(), sum(p.numel() * p.element_size() for p in params),
                      method.forward_passes // steps))
     return rows

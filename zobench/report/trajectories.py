@@ -60,7 +60,7 @@ def distance_table(best: pd.DataFrame) -> pd.DataFrame:
     table = table[[f for f in FUNCTIONS if f in table.columns]]
     table.columns = [f"({f}) {FUNCTIONS[f].formula}" if len(f) == 1 else FUNCTIONS[f].formula for f in table.columns]
     reached = (agg["distance"] <= REACHED).groupby("method").sum()
-    table["reached (≤ %g)" % REACHED] = [f"{int(reached[m])}/{len(FUNCTIONS)}" for m in table.index]
+    table[f"reached (≤ {REACHED:g})"] = [f"{int(reached[m])}/{len(FUNCTIONS)}" for m in table.index]
     table.index.name = "method"
     return table
 
@@ -71,7 +71,7 @@ def figure(best: pd.DataFrame) -> bytes | None:
     from matplotlib.colors import LogNorm
 
     functions = [f for f in FUNCTIONS if f in set(best["function"])]
-    methods = sorted(best["method"].unique())
+    methods = sorted(best["method"].unique(), key=lambda m: ("adamu" in m, m))  # ZO-AdaMU drawn on top
     colors = dict(zip(methods, plt.get_cmap("tab10").colors, strict=False))
     fig, axes = plt.subplots(2, 3, figsize=(15, 9.5), squeeze=False)
     for ax, name in zip(axes.flat, functions, strict=False):
@@ -91,8 +91,10 @@ def figure(best: pd.DataFrame) -> bytes | None:
         values = fn.f(gx, gy).numpy() + 1e-3
         ax.contour(grid, grid, values, levels=np.geomspace(values.min(), values.max(), 25), norm=LogNorm(),
                    cmap="Greys", linewidths=0.6)
-        for method, xy in paths.items():
-            ax.plot(xy[:, 0], xy[:, 1], "-", color=colors[method], lw=1.3, label=method, alpha=0.9)
+        for method in [m for m in methods if m in paths]:
+            xy = paths[method]
+            ax.plot(xy[:, 0], xy[:, 1], "-", color=colors[method], lw=1.8 if "adamu" in method else 1.1,
+                    label=method, alpha=0.9)
             ax.plot(xy[-1, 0], xy[-1, 1], "o", color=colors[method], ms=4)
         start = next(iter(paths.values()))[0]
         ax.plot(*start, "s", color="k", ms=6)
