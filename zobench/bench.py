@@ -185,6 +185,9 @@ def _build(name: str, batch: int, seq: int, device: torch.device, dtype: torch.d
         raise UserError(f"unknown bench model '{name}'; allowed: {', '.join(MODELS)}")
     subject.model.to(device=device, dtype=dtype).eval()  # eval: both ZO forwards see one network
     subject.model.requires_grad_(False)
+    with torch.no_grad():  # own every weight: a file-mapped weight counts in RSS only where read or written
+        for t in [*subject.model.parameters(), *subject.model.buffers()]:
+            t.data = t.data.clone()
     subject.info["params"] = sum(p.numel() for p in subject.model.parameters())
     return subject
 
