@@ -156,7 +156,7 @@ def memory_figure(frame: pd.DataFrame) -> bytes | None:
     data["method / model"] = data["method"] + (" · " + data["model"] if multi else "")
     grid = sns.catplot(data=data, kind="bar", x="method / model", y="MiB", hue="window", col="source",
                        estimator="median", errorbar=("pi", 100), sharey=False, height=3.6, aspect=1.5,
-                       palette=["#8fb3d9", "#d9534f"])
+                       palette={"inference probe": "#8fb3d9", "training": "#d9534f"})
     grid.set_axis_labels("", "peak above loaded model (MiB)")
     grid.set_titles("{col_name}")
     for ax in grid.axes.flat:

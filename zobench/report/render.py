@@ -66,10 +66,10 @@ def panel_html(panel: Panel) -> str:
             inner = f'<span class="ours">{html.escape(ours)}</span>' if ours else ""
             if paper:
                 pub = f"paper {paper}" if ours else paper
+                inner += f'<span class="paper">{pub}</span>' if ours else f'<span class="paper only">{pub}</span>'
                 if delta:
                     cls = "up" if cell["delta"] >= 0 else "down"
-                    pub += f' · <span class="{cls}">Δ {html.escape(delta)}</span>'
-                inner += f'<span class="paper">{pub}</span>' if ours else f'<span class="paper only">{pub}</span>'
+                    inner += f'<span class="paper {cls}">Δ {html.escape(delta)}</span>'
             ci = ""
             if cell is not None and pd.notna(cell.get("ours_ci95_low")):
                 ci = (f' title="n={int(cell["ours_n"])}, bootstrap 95% CI '
