@@ -118,7 +118,7 @@ def test_a_non_differentiable_objective_is_optimised():
 BUDGET = {  # method: (hyper-parameters on the quadratic, on softmax regression)
     "zo-sgd": ({"lr": 0.01}, {"lr": 10.0}), "zo-sgd-sign": ({"lr": 0.03}, {"lr": 0.03}),
     "zo-sgd-mmt": ({"lr": 0.001}, {"lr": 3.0}), "zo-sgd-cons": ({"lr": 0.01}, {"lr": 10.0}),
-    "zo-adam": ({"lr": 0.1}, {"lr": 0.1}),
+    "zo-adam": ({"lr": 0.1}, {"lr": 0.03}),  # 0.1 on softmax regression passed for 1 seed in 6
     "zo-adamu": ({"lr": 0.01, "t1": 20, "t2": 100, "t3": 150}, {"lr": 10.0, "t1": 20, "t2": 100, "t3": 150}),
     "forward-grad": ({"lr": 0.01}, {"lr": 10.0}), "hizoo": ({"lr": 0.01, "hessian_smooth": 0.01}, {"lr": 10.0}),
     "lozo": ({"lr": 0.01}, {"lr": 10.0}), "subzero": ({"lr": 0.01}, {"lr": 10.0}),

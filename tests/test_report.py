@@ -27,7 +27,8 @@ def run_row(method: str, task: str, value: float, seed: int = 0, scheme: str = "
     return {"status": "done", "model": model, "model_name": "hf" if model_id else "tiny", "model_id": model_id,
             "task": task, "task_name": task, "method": method, "method_name": method, "scheme": scheme,
             "scheme_name": scheme, "seed": seed, "metric": "accuracy", "test_metric": value, "batch_size": 16,
-            "task_params": extra.pop("task_params", {}), "method_params": {}, "median_step_s": 0.5, **extra}
+            "task_params": extra.pop("task_params", {}), "method_params": {}, "median_step_s": 0.5, "steps": 10,
+            **extra}
 
 
 def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
@@ -102,13 +103,17 @@ def test_memory_and_time_tables_place_models_by_size():
         run_row("fo-adam", "multirc", 0.6, model="opt", model_id="facebook/opt-1.3b", mem_train_rss_bytes=30 * gb,
                 batch_size=8, median_step_s=0.7),
         run_row("zo-sgd", "multirc", 0.6, model="tiny", mem_train_rss_bytes=0.1 * gb),
+        run_row("zero-shot", "multirc", 0.5, model="tiny", steps=0, mem_train_rss_bytes=0.01 * gb,
+                mem_inference_rss_bytes=0.09 * gb),  # no training: its forward-only probe is its memory
     ])
     (mem,) = place(frame, LAYOUTS["mezo-table22"])
     cells = mem.cells.set_index(["row", "column"])
     assert cells.loc[("OPT-1.3B", "zero-shot / MeZO"), "paper"] == 4.0
     assert cells.loc[("OPT-1.3B", "zero-shot / MeZO"), "ours_mean"] == pytest.approx(5.0)
     assert cells.loc[("OPT-1.3B", "full FT"), "delta"] == pytest.approx(3.0)
-    assert ("", "tiny") in mem.rows and "process peak RSS" in mem.note
+    assert cells.loc[("tiny ← zero-shot/full", "zero-shot / MeZO"), "ours_mean"] == pytest.approx(0.09)
+    assert cells.loc[("tiny ← zo-sgd/full", "zero-shot / MeZO"), "ours_mean"] == pytest.approx(0.1)
+    assert cells.loc[("OPT-66B", "full FT"), "paper_std"] == 16 and "process peak RSS" in mem.note
     (time_,) = place(frame, LAYOUTS["mezo-table23"])
     cells = time_.cells.set_index(["row", "column"])
     assert cells.loc[("FT bsz 8", "OPT-1.3B"), "ours_mean"] == pytest.approx(0.7)

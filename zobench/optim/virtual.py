@@ -41,10 +41,18 @@ class _Shifted(torch.Tensor):
     """θ's storage, seen by torch ops as `shift(θ)` (computed per op, never stored)."""
 
     _zb_shift: Callable[[torch.Tensor], torch.Tensor]
+    _zb_blocks: Callable[..., Iterator[tuple[int, int, torch.Tensor]]] | None  # (raw, rows=None)
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
         kwargs = kwargs or {}
+        if func in _BLOCKWISE and len(args) >= 2 and isinstance(args[1], _Shifted):
+            with DisableTorchFunctionSubclass():
+                w = args[1]
+                if w._zb_blocks is not None and w.dim() == 2 and w.numel() >= BLOCKWISE_MIN:
+                    done = _BLOCKWISE[func](*args, **kwargs)
+                    if done is not None:
+                        return done
         shifted = func not in _PASSTHROUGH
 
         def value(t: object) -> object:
@@ -59,6 +67,44 @@ class _Shifted(torch.Tensor):
             return func(*args, **kwargs)
 
 
+BLOCKWISE_MIN = 1 << 21  # a weight this large is never materialised whole as θ + εz (8 MiB of float32)
+
+
+def _raw(t: _Shifted) -> torch.Tensor:
+    return t.as_subclass(torch.Tensor)
+
+
+def _linear(x: object, weight: _Shifted, bias: object = None) -> torch.Tensor | None:
+    """x·(θ + εz)ᵀ (+ b) one block of output features at a time: a block of θ + εz, never all of it."""
+    if not isinstance(x, torch.Tensor) or isinstance(x, _Shifted):
+        return None
+    raw = _raw(weight)
+    out = x.new_empty((*x.shape[:-1], raw.shape[0]))
+    for r0, r1, block in weight._zb_blocks(raw):
+        out[..., r0:r1] = torch.nn.functional.linear(x, block)
+    if bias is not None:
+        out += bias._zb_shift(_raw(bias)) if isinstance(bias, _Shifted) else bias
+    return out
+
+
+def _embedding(ids: object, weight: _Shifted, padding_idx: int | None = None, max_norm: float | None = None,
+               *rest: object, **options: object) -> torch.Tensor | None:
+    """Rows of θ + εz for the looked-up ids: θ's rows, plus εz's rows block by block (z never whole)."""
+    if max_norm is not None or not isinstance(ids, torch.Tensor) or isinstance(ids, _Shifted):
+        return None
+    raw = _raw(weight)
+    out = torch.nn.functional.embedding(ids, raw)
+    flat_ids, flat_out = ids.reshape(-1), out.view(-1, raw.shape[1])
+    for r0, r1, block in weight._zb_blocks(raw, flat_ids):  # rows r0..r1 of θ + εz, only blocks with ids
+        hit = ((flat_ids >= r0) & (flat_ids < r1)).nonzero().squeeze(-1)
+        if hit.numel():
+            flat_out[hit] = block[flat_ids[hit] - r0]
+    return out
+
+
+_BLOCKWISE = {torch.nn.functional.linear: _linear, torch.nn.functional.embedding: _embedding}
+
+
 @contextmanager
 def shifted(params: Sequence[torch.Tensor], shift: Shift | None) -> Iterator[None]:
     """Within the block every op that reads params[i] sees shift(i, θ_i); θ itself is untouched."""
@@ -70,6 +116,8 @@ def shifted(params: Sequence[torch.Tensor], shift: Shift | None) -> Iterator[Non
         for i, p in enumerate(params):
             view = p.detach().as_subclass(_Shifted)
             view._zb_shift = (lambda raw, i=i: shift(i, raw))
+            blocks = getattr(shift, "blocks", None)
+            view._zb_blocks = None if blocks is None else (lambda raw, rows=None, i=i, b=blocks: b(i, raw, rows))
             swap_tensors(p, view)
             views.append((p, view))
         yield

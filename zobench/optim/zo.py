@@ -3,9 +3,18 @@
 One step: draw q seeds; for each, evaluate the objective at θ ± εz (or θ + εz and θ, one-sided)
 and keep only the scalar projected gradient g; then one update pass over the parameters that
 regenerates each query's z and turns Σ g·z / q into an update. Directions are never stored:
-each parameter's z is regenerated from (query seed, parameter index) with a `torch.Generator`
-on the parameter's device. The forward passes see θ + εz through `virtual.shifted`, so θ is never
-written except by the update (bit-exact: a step with lr 0 returns every parameter unchanged).
+each parameter's z is regenerated from (query seed, parameter index), in pieces (optim/noise.py).
+The forward passes see θ + εz through `virtual.shifted`, so θ is never written except by the
+update (bit-exact: a step with lr 0 returns every parameter unchanged).
+
+Cost of a two-point step: z is made three times (once per forward, once in the update) against
+MeZO's four (+ε, −2ε, +ε, update), and for the engine's own directions (`plain_draw`) each time
+piece by piece: θ + εz is formed per piece, big matrix products and embedding lookups run block by
+block (an embedding draws only the rows it looks up), and the SGD update adds g·z piece by piece, so
+no temporary is larger than a piece or the largest small weight. The forwards run in inference mode.
+Folding the update into the next step's first forward (ZO2) would save a pass over θ, not a draw of
+z, because θ is never perturbed in place here; fewer than three draws needs both forwards computed
+together, layer by layer, which would double the activations.
 
 A method is a subclass that says how z is drawn (`draw`, may read the method's state) and how
 the estimate becomes an update (`apply`, or `update` for methods that need more than g·z).
@@ -15,6 +24,7 @@ The objective is any scalar the loss function returns; nothing assumes it is dif
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -22,10 +32,12 @@ import torch
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
 from zobench.measure import phase
+from zobench.optim import noise as pieces_
 from zobench.optim.base import LossFn, Method, MethodParams
 from zobench.optim.virtual import Shift, shifted
 
 _MIX = 0x9E3779B97F4A7C15  # odd constant: spreads (seed, index) pairs over the seed space
+_CPU = torch.device("cpu")
 
 
 class ZOParams(MethodParams):
@@ -56,18 +68,37 @@ class ZOMethod(Method):
 
     # -- how z is drawn -------------------------------------------------------------------
     def generator(self, p: torch.Tensor, seed: int, i: int) -> torch.Generator:
-        gen = self._generators.get(p.device)
+        """A CPU generator seeded by (query seed, parameter index). It draws only the seeds of z's pieces
+        (optim/noise.py), which are made on p's device: no device round trip per parameter."""
+        gen = self._generators.get(_CPU)
         if gen is None:
-            gen = self._generators[p.device] = torch.Generator(device=p.device)
+            gen = self._generators[_CPU] = torch.Generator()
         gen.manual_seed((seed + i * _MIX) % (2**63))
         return gen
 
     def noise(self, p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Fresh unit-variance noise shaped like p (Rademacher ±1 or Gaussian; sphere starts Gaussian)."""
-        if self.hp.direction == "rademacher":
-            z = torch.randint(0, 2, p.shape, generator=gen, device=p.device, dtype=torch.int8)
-            return z.to(p.dtype).mul_(2).sub_(1)
-        return torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype)
+        """Fresh unit-variance noise shaped like p (Rademacher ±1 or Gaussian; sphere starts Gaussian),
+        drawn in the pieces `pieces` draws (optim/noise.py), so both give the same numbers."""
+        return pieces_.fill(p.shape, p.dtype, p.device, self._kind(), pieces_.base_of(gen))
+
+    def _kind(self) -> str:
+        return "rademacher" if self.hp.direction == "rademacher" else "gaussian"
+
+    def plain_draw(self) -> bool:
+        """z is the engine's own noise (no override of draw/noise/direction): it can be made piecewise."""
+        cls = type(self)
+        return cls.draw is ZOMethod.draw and cls.noise is ZOMethod.noise and cls.direction is ZOMethod.direction
+
+    def pieces(self, i: int, p: torch.Tensor, seed: int,
+               rows: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """z_i(seed) before sphere scaling, as (r0, r1, rows r0..r1) pieces in a reused buffer: the same
+        numbers as `direction` without a tensor of p's size (`rows`: only the pieces holding these rows).
+        Only for `plain_draw` methods."""
+        base = pieces_.base_of(self.generator(p, seed, i))
+        only = None
+        if rows is not None:
+            only = torch.unique(rows.reshape(-1) // pieces_.rows_per_piece(p.shape)).tolist()
+        yield from pieces_.pieces(p.shape, p.dtype, p.device, self._kind(), base, only)
 
     def draw(self, i: int, p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Parameter i's direction for this query, before any sphere normalisation. Override me."""
@@ -92,12 +123,15 @@ class ZOMethod(Method):
 
     def along(self, seed: int, scale: float) -> Shift:
         """The shift θ_i ↦ θ_i + scale·z_i(seed), for `evaluate`."""
+        if self.plain_draw():
+            return PieceShift(self, seed, scale)
         return lambda i, raw: self.direction(i, raw, seed).mul_(scale).add_(raw)
 
     # -- objective evaluations -------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self, loss_fn: LossFn, shift: Shift | None = None) -> float:
-        """One forward pass at θ (shift None) or at shift(θ), θ untouched."""
+        """One forward pass at θ (shift None) or at shift(θ), θ untouched; in inference mode (no autograd
+        bookkeeping at all: no version counters, no views tracked)."""
         with shifted(self.params, shift):
             loss = float(loss_fn())
         self.forward_passes += 1
@@ -148,10 +182,25 @@ class ZOMethod(Method):
             p.mul_(1 - self.hp.lr * self.hp.weight_decay)
         p.add_(est, alpha=-self.hp.lr)
 
+    def plain_sgd(self) -> bool:
+        cls = type(self)
+        return self.plain_draw() and cls.estimate is ZOMethod.estimate and cls.apply is ZOMethod.apply
+
     @torch.no_grad()
     def update(self, seeds: list[int], grads: list[float]) -> None:
+        plain, hp, q = self.plain_sgd(), self.hp, len(seeds)
         for i, p in enumerate(self.params):
-            self.apply(i, p, self.estimate(i, p, seeds, grads))
+            if not (plain and p.is_contiguous()):
+                self.apply(i, p, self.estimate(i, p, seeds, grads))
+                continue
+            # SGD piece by piece, θ ← (1 − η·wd)θ − η/q Σ_j g_j z_j: no tensor of p's size is made
+            if hp.weight_decay:
+                p.mul_(1 - hp.lr * hp.weight_decay)
+            flat, width = p.view(-1), pieces_.rows_of(p.shape)[1]
+            for seed, g in zip(seeds, grads, strict=True):
+                alpha = -hp.lr * g / q * self.sphere_scale(seed)
+                for r0, r1, z in self.pieces(i, p, seed):
+                    flat[r0 * width:r1 * width].add_(z.reshape(-1), alpha=alpha)
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, loss_fn: LossFn) -> float:
@@ -165,3 +214,27 @@ class ZOMethod(Method):
         """The step's gradient estimate as dense tensors, without updating (diagnostics and tests only)."""
         seeds, grads, _ = self.probe(loss_fn)
         return [self.estimate(i, p, seeds, grads) for i, p in enumerate(self.params)]
+
+
+class PieceShift:
+    """θ_i ↦ θ_i + scale·z_i(seed) made piece by piece (no z of θ's size); `blocks` gives it row block by
+    row block, so `virtual` can run a big matrix product or embedding lookup without θ + εz whole."""
+
+    def __init__(self, method: ZOMethod, seed: int, scale: float) -> None:
+        self.method, self.seed = method, seed
+        self.alpha = scale * method.sphere_scale(seed)  # before any piece: the sphere pass reseeds
+
+    def __call__(self, i: int, raw: torch.Tensor) -> torch.Tensor:
+        src = raw.contiguous().view(-1)
+        out = torch.empty(raw.shape, dtype=raw.dtype, device=raw.device)
+        dst, width = out.view(-1), pieces_.rows_of(raw.shape)[1]
+        for r0, r1, z in self.method.pieces(i, raw, self.seed):
+            torch.add(src[r0 * width:r1 * width], z.reshape(-1), alpha=self.alpha, out=dst[r0 * width:r1 * width])
+        return out
+
+    def blocks(self, i: int, raw: torch.Tensor,
+               rows: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(r0, r1, rows r0..r1 of θ_i + scale·z_i) for a matrix θ_i, only blocks holding `rows` if given;
+        the block is reused, use it at once."""
+        for r0, r1, z in self.method.pieces(i, raw, self.seed, rows):
+            yield r0, r1, torch.add(raw[r0:r1], z, alpha=self.alpha, out=z)

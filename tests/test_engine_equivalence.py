@@ -1,0 +1,127 @@
+"""The fast ZO engine follows the plain four-pass trajectory (MeZO's Algorithm 1) for the same seeds.
+
+The engine never writes θ + εz (the forwards see it virtually, big matrices block by block) and
+folds the update into one piecewise pass; the reference perturbs in place four times per step
+(+ε, −2ε, +ε, update) with the same directions. Both must agree step after step, up to the rounding
+the in-place reference itself adds.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from zobench import registry
+from zobench.optim import noise, virtual
+
+
+def tiny_llama() -> torch.nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                   num_key_value_heads=2, vocab_size=300, tie_word_embeddings=True)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def method_for(model: torch.nn.Module, **hp: object):
+    cls = registry.methods.get("zo-sgd")
+    model.requires_grad_(True)
+    method = cls(list(model.parameters()), cls.Params.model_validate({"lr": 1e-3, "eps": 1e-2, **hp}), seed=5)
+    model.requires_grad_(False)  # as the runner does for ZO methods
+    return method
+
+
+def four_pass_step(model: torch.nn.Module, directions, loss_fn, seeds: list[int], hp) -> float:
+    """MeZO's Algorithm 1 with q queries: perturb in place +ε, −2ε, +ε per query, then
+    θ ← (1 − η·wd)θ − η/q Σ g_j z_j."""
+    params = list(model.parameters())
+    grads, losses = [], []
+    with torch.no_grad():
+        for seed in seeds:
+            zs = [directions(i, p, seed) for i, p in enumerate(params)]
+            for p, z in zip(params, zs, strict=True):
+                p.add_(z, alpha=hp.eps)
+            plus = float(loss_fn())
+            for p, z in zip(params, zs, strict=True):
+                p.add_(z, alpha=-2 * hp.eps)
+            minus = float(loss_fn())
+            for p, z in zip(params, zs, strict=True):
+                p.add_(z, alpha=hp.eps)
+            grads.append((plus - minus) / (2 * hp.eps))
+            losses.append((plus + minus) / 2)
+        for p in params:  # decoupled decay: θ − η(g·z + wd·θ), as MeZO's zo_update
+            p.mul_(1 - hp.lr * hp.weight_decay)
+        for seed, g in zip(seeds, grads, strict=True):
+            for i, p in enumerate(params):
+                p.add_(directions(i, p, seed), alpha=-hp.lr * g / len(seeds))
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("hp", [{}, {"direction": "rademacher"}, {"q": 2}, {"direction": "sphere"},
+                                {"weight_decay": 0.1}], ids=["gaussian", "rademacher", "q2", "sphere", "decay"])
+def test_fast_engine_follows_the_four_pass_trajectory(hp, monkeypatch):
+    monkeypatch.setattr(virtual, "BLOCKWISE_MIN", 1000)  # the tiny model's big matrices go block by block
+    monkeypatch.setattr(noise, "CHUNK", 500)  # and every tensor of more than 500 numbers comes in pieces
+    fast_model = tiny_llama()
+    ref_model = copy.deepcopy(fast_model)
+    ids = torch.randint(0, 300, (4, 12), generator=torch.Generator().manual_seed(1))
+    fast, ref = method_for(fast_model, **hp), method_for(ref_model, **hp)
+    seen: list[int] = []
+    along = fast.along
+    fast.along = lambda seed, scale: (seen.append(seed) if scale > 0 else None, along(seed, scale))[1]
+
+    for _ in range(5):
+        seen.clear()
+        loss_fast = fast.step(lambda: fast_model(ids, labels=ids).loss)
+        seeds = list(seen)
+        assert len(seeds) == fast.hp.q
+        loss_ref = four_pass_step(ref_model, ref.direction, lambda: ref_model(ids, labels=ids).loss, seeds, ref.hp)
+        assert loss_fast == pytest.approx(loss_ref, rel=1e-5)
+        for a, b in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    moved = sum(float((a - b).detach().abs().sum()) for a, b in zip(fast_model.parameters(), tiny_llama().parameters(),
+                                                            strict=True))
+    assert moved > 0  # the trajectory went somewhere
+
+
+def test_pieces_are_the_whole_direction_and_blockwise_ops_are_exact(monkeypatch):
+    """Piecewise z equals the whole z bit for bit; the blockwise linear/embedding equal the materialised θ+εz."""
+    monkeypatch.setattr(noise, "CHUNK", 300)
+    model = tiny_llama()
+    method = method_for(model, direction="rademacher")
+    for i, p in enumerate(method.params):
+        whole = method.direction(i, p, 11)
+        parts = torch.cat([z.reshape(-1).clone() for _, _, z in method.pieces(i, p, 11)])  # one buffer, reused
+        assert torch.equal(whole.reshape(-1), parts)
+    ids = torch.randint(0, 300, (2, 9))
+    loss = lambda: model(ids, labels=ids).loss  # noqa: E731
+    monkeypatch.setattr(virtual, "BLOCKWISE_MIN", 10**12)
+    whole = method.evaluate(loss, method.along(11, 1e-2))
+    monkeypatch.setattr(virtual, "BLOCKWISE_MIN", 100)
+    assert method.evaluate(loss, method.along(11, 1e-2)) == pytest.approx(whole, rel=1e-6)
+
+
+def test_rademacher_bits_are_fair_and_independent():
+    gen = torch.Generator().manual_seed(0)
+    z = noise.fill(torch.Size((4096, 257)), torch.float32, torch.device("cpu"), "rademacher", noise.base_of(gen))
+    assert set(z.unique().tolist()) == {-1.0, 1.0}
+    assert abs(float(z.mean())) < 5 / (z.numel() ** 0.5)  # 5 σ
+    lagged = float((z.view(-1)[1:] * z.view(-1)[:-1]).mean())  # neighbours come from one byte's bits
+    assert abs(lagged) < 5 / (z.numel() ** 0.5)
+
+
+def test_an_embedding_lookup_draws_only_the_pieces_it_reads(monkeypatch):
+    monkeypatch.setattr(virtual, "BLOCKWISE_MIN", 100)
+    monkeypatch.setattr(noise, "CHUNK", 32 * 10)  # the 300 × 32 embedding: 30 pieces of 10 rows
+    emb = torch.nn.Embedding(300, 32)
+    method = method_for(emb)
+    drawn: list[int] = []
+    piece = noise._piece_
+    monkeypatch.setattr(noise, "_piece_", lambda out, kind, base, k: (drawn.append(k), piece(out, kind, base, k))[1])
+    ids = torch.tensor([[3, 4, 250], [251, 3, 299]])
+    seen = method.evaluate(lambda: emb(ids).sum(), method.along(4, 0.5))
+    assert sorted(drawn) == [0, 25, 29]
+    z = method.direction(0, emb.weight, 4)
+    assert seen == pytest.approx(float((emb.weight + 0.5 * z)[ids].sum()), rel=1e-6)
