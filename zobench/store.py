@@ -9,6 +9,7 @@ lock (`<run>/.lock`, fcntl: the kernel drops it when its process dies, even by S
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import platform
@@ -25,10 +26,15 @@ from filelock import FileLock, Timeout
 STATUSES = ("done", "diverged", "oom", "failed")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results and reports are meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -119,15 +125,9 @@ class Store:
         atomic_write(self.run_dir(run_id) / "spec.yaml", yaml.safe_dump(spec, sort_keys=False).encode())
 
     def write_curve(self, run_id: str, rows: list[dict[str, Any]]) -> None:
-        path = self.run_dir(run_id) / "curve.parquet"
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".curve.", suffix=".tmp")
-        os.close(fd)
-        try:
-            pd.DataFrame(rows).to_parquet(tmp, index=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buf = io.BytesIO()
+        pd.DataFrame(rows).to_parquet(buf, index=False)
+        atomic_write(self.run_dir(run_id) / "curve.parquet", buf.getvalue())
 
     def write_text(self, run_id: str, name: str, text: str) -> None:
         atomic_write(self.run_dir(run_id) / name, text.encode())
