@@ -6,6 +6,7 @@ from typing import Literal
 
 import torch
 import torch.autograd.forward_ad as fwAD
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from zobench.optim.base import LossFn
 from zobench.optim.virtual import shifted
@@ -25,14 +26,14 @@ class ForwardGrad(ZOMethod):
     function needs no functional rewrite (the same jvp torch.func computes; ZO-Bench uses
     torch.func.jvp over functional_call). Unbiased: E[zzᵀ] = I. One jvp pass per query, counted as
     one forward pass (it costs about two). The objective must be differentiable and every op must
-    have a forward-mode rule (e.g. load HF models with attn_implementation="eager": SDPA has none).
-    No state.
+    have a forward-mode rule: the fused SDPA kernels have none, so attention runs on SDPA's math
+    backend (composite ops) during the jvp. No state.
     """
 
     Params = ForwardGradParams
 
     def query(self, loss_fn: LossFn, seed: int, base: float | None) -> tuple[float, float]:
-        with torch.no_grad(), fwAD.dual_level():
+        with torch.no_grad(), fwAD.dual_level(), sdpa_kernel(SDPBackend.MATH):
             with shifted(self.params, lambda i, raw: fwAD.make_dual(raw, self.direction(i, raw, seed))):
                 primal, tangent = fwAD.unpack_dual(loss_fn())
         self.forward_passes += 1
