@@ -125,3 +125,4 @@ def test_an_embedding_lookup_draws_only_the_pieces_it_reads(monkeypatch):
     assert sorted(drawn) == [0, 25, 29]
     z = method.direction(0, emb.weight, 4)
     assert seen == pytest.approx(float((emb.weight + 0.5 * z)[ids].sum()), rel=1e-6)
+
