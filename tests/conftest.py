@@ -12,6 +12,8 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_cache / "hf")
 os.environ["MPLCONFIGDIR"] = str(_cache / "mpl")
+os.environ["ZOBENCH_CACHE"] = str(_cache / "zobench")
+os.environ["XDG_CACHE_HOME"] = str(_cache / "xdg")
 os.environ.setdefault("MPLBACKEND", "Agg")
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # BLAS (sklearn, numpy): one thread,
     os.environ.setdefault(_var, "1")  # like torch below: no oversubscription on a shared 2-core machine
