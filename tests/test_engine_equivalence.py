@@ -118,8 +118,8 @@ def test_an_embedding_lookup_draws_only_the_pieces_it_reads(monkeypatch):
     emb = torch.nn.Embedding(300, 32)
     method = method_for(emb)
     drawn: list[int] = []
-    piece = noise._piece_
-    monkeypatch.setattr(noise, "_piece_", lambda out, kind, base, k: (drawn.append(k), piece(out, kind, base, k))[1])
+    piece = noise.piece_
+    monkeypatch.setattr(noise, "piece_", lambda out, kind, base, k: (drawn.append(k), piece(out, kind, base, k))[1])
     ids = torch.tensor([[3, 4, 250], [251, 3, 299]])
     seen = method.evaluate(lambda: emb(ids).sum(), method.along(4, 0.5))
     assert sorted(drawn) == [0, 25, 29]

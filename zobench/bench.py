@@ -179,7 +179,8 @@ def _build(name: str, batch: int, seq: int, device: torch.device, dtype: torch.d
         model, tok = load_smollm2(device)
         subject = _causal_subject(name, model, tok, batch, seq, device)
     elif name in ("tiny-opt", "opt-1.3b"):
-        bundle = TinyModel.load({"config": TINY_OPT if name == "tiny-opt" else OPT_13B}, device, 0)
+        with device:  # made where it runs: initialising 1.3B weights on a CPU takes minutes
+            bundle = TinyModel.load({"config": TINY_OPT if name == "tiny-opt" else OPT_13B}, device, 0)
         subject = _causal_subject(name, bundle.model, bundle.tokenizer, batch, seq, device)
     else:
         raise UserError(f"unknown bench model '{name}'; allowed: {', '.join(MODELS)}")

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-CHUNK = 1 << 18  # numbers per piece: 1 MiB of float32, a small fraction of any large tensor
+CHUNK = 1 << 18  # numbers per piece on CPU: 1 MiB of float32, stays in cache while it is added to θ
+CUDA_CHUNK = 1 << 24  # on a GPU a piece costs kernel launches, not cache: 32 MiB of bf16, still a fraction
 _MIX = 0xD1B54A32D192ED03  # odd constant: spreads (base, piece) pairs over the seed space
 _TABLES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 _GENERATORS: dict[torch.device, torch.Generator] = {}  # reseeded before every piece: no state survives
@@ -33,8 +34,13 @@ def rows_of(shape: torch.Size) -> tuple[int, int]:
     return shape[0], math.prod(shape[1:])
 
 
-def rows_per_piece(shape: torch.Size) -> int:
-    return max(1, CHUNK // max(rows_of(shape)[1], 1))
+def chunk(device: torch.device) -> int:
+    """Numbers per piece on this device (the pieces, hence z, depend on it: same device, same numbers)."""
+    return CUDA_CHUNK if device.type == "cuda" else CHUNK
+
+
+def rows_per_piece(shape: torch.Size, device: torch.device = torch.device("cpu")) -> int:
+    return max(1, chunk(device) // max(rows_of(shape)[1], 1))
 
 
 def base_of(gen: torch.Generator) -> int:
@@ -53,6 +59,8 @@ def _signs(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 def rademacher_(out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Fill a contiguous tensor with independent ±1 from random bits (64 per generator draw)."""
     n = out.numel()
+    if out.device.type != "cpu":  # a GPU makes random bits and writes them at memory speed: no table needed
+        return out.random_(0, 2, generator=gen).mul_(2).sub_(1)
     words = torch.randint(-(2**63), 2**63 - 1, ((n + 63) // 64,), generator=gen, device=out.device,
                           dtype=torch.int64)
     index = words.view(torch.uint8)[: (n + 7) // 8].int()
@@ -64,7 +72,7 @@ def rademacher_(out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def _piece_(out: torch.Tensor, kind: str, base: int, k: int) -> torch.Tensor:
+def piece_(out: torch.Tensor, kind: str, base: int, k: int) -> torch.Tensor:
     """Piece k of the tensor seeded by `base`: 'rademacher' ±1, else standard Gaussian."""
     gen = _GENERATORS.get(out.device)
     if gen is None:
@@ -80,19 +88,19 @@ def pieces(shape: torch.Size, dtype: torch.dtype, device: torch.device, kind: st
     """(r0, r1, z's rows r0..r1) piece by piece (`only`: these piece indices), a vector's as a flat
     slice. One buffer is reused: use each piece before asking for the next."""
     rows, width = rows_of(shape)
-    step = rows_per_piece(shape)
+    step = rows_per_piece(shape, device)
     count = -(-rows // step)
     buffer = torch.empty(min(rows, step) * width, dtype=dtype, device=device)
     for k in range(count) if only is None else sorted(set(only)):
         r0, r1 = k * step, min(rows, (k + 1) * step)
-        z = _piece_(buffer[:(r1 - r0) * width], kind, base, k)
+        z = piece_(buffer[:(r1 - r0) * width], kind, base, k)
         yield r0, r1, z.view(r1 - r0, *shape[1:]) if len(shape) >= 2 else z
 
 
 def fill(shape: torch.Size, dtype: torch.dtype, device: torch.device, kind: str, base: int) -> torch.Tensor:
     """The whole z: the same pieces as `pieces`, drawn straight into place."""
     out = torch.empty(shape, dtype=dtype, device=device)
-    flat, (rows, width), step = out.view(-1), rows_of(shape), rows_per_piece(shape)
+    flat, (rows, width), step = out.view(-1), rows_of(shape), rows_per_piece(shape, device)
     for k, r0 in enumerate(range(0, rows, step)):
-        _piece_(flat[r0 * width:min(rows, r0 + step) * width], kind, base, k)
+        piece_(flat[r0 * width:min(rows, r0 + step) * width], kind, base, k)
     return out

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch._C import DisableTorchFunctionSubclass
 from torch.utils import swap_tensors
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 Shift = Callable[[int, torch.Tensor], torch.Tensor]  # (parameter index, θ_i as a plain tensor) → value seen
 
@@ -37,34 +37,58 @@ _PASSTHROUGH = {
 }
 
 
+class Control:
+    """What the swapped-in views show right now: `shift` (None: θ itself). One object for all views, so
+    moving from θ + εz to θ − εz (or to θ) is one assignment, not one per parameter."""
+
+    def __init__(self, shift: Shift | None = None) -> None:
+        self.shift = shift
+
+
 class _Shifted(torch.Tensor):
     """θ's storage, seen by torch ops as `shift(θ)` (computed per op, never stored)."""
 
-    _zb_shift: Callable[[torch.Tensor], torch.Tensor]
-    _zb_blocks: Callable[..., Iterator[tuple[int, int, torch.Tensor]]] | None  # (raw, rows=None)
+    _zb_index: int
+    _zb_control: Control
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
         kwargs = kwargs or {}
-        if func in _BLOCKWISE and len(args) >= 2 and isinstance(args[1], _Shifted):
+        shift = None if func in _PASSTHROUGH else _first(args, kwargs)
+        if shift is not None and func in _BLOCKWISE and len(args) >= 2 and type(args[1]) is _Shifted:
+            blocks = getattr(shift, "blocks", None)
+            w = args[1]
             with DisableTorchFunctionSubclass():
-                w = args[1]
-                if w._zb_blocks is not None and w.dim() == 2 and w.numel() >= BLOCKWISE_MIN:
-                    done = _BLOCKWISE[func](*args, **kwargs)
+                if blocks is not None and w.dim() == 2 and w.numel() >= BLOCKWISE_MIN:
+                    done = _BLOCKWISE[func](shift, *args, **kwargs)
                     if done is not None:
                         return done
-        shifted = func not in _PASSTHROUGH
 
         def value(t: object) -> object:
-            if not isinstance(t, _Shifted):
+            if type(t) is not _Shifted:
+                if isinstance(t, (list, tuple, dict)):
+                    return tree_map(value, t)
                 return t
             with DisableTorchFunctionSubclass():
                 raw = t.as_subclass(torch.Tensor)
-            return t._zb_shift(raw) if shifted else raw
+                return raw if shift is None else shift(t._zb_index, raw)
 
-        args, kwargs = tree_map(value, (args, kwargs))
+        args = tuple(value(a) for a in args)
+        if kwargs:
+            kwargs = {k: value(v) for k, v in kwargs.items()}
         with DisableTorchFunctionSubclass():
             return func(*args, **kwargs)
+
+
+def _first(args: tuple, kwargs: dict) -> Shift | None:
+    """The current shift of the first view among the op's arguments (all views share one Control)."""
+    for t in (*args, *kwargs.values()):
+        if type(t) is _Shifted:
+            return t._zb_control.shift
+    for t in tree_leaves((args, kwargs)):  # nested deeper than the usual op's arguments
+        if type(t) is _Shifted:
+            return t._zb_control.shift
+    return None
 
 
 BLOCKWISE_MIN = 1 << 21  # a weight this large is never materialised whole as θ + εz (8 MiB of float32)
@@ -74,28 +98,28 @@ def _raw(t: _Shifted) -> torch.Tensor:
     return t.as_subclass(torch.Tensor)
 
 
-def _linear(x: object, weight: _Shifted, bias: object = None) -> torch.Tensor | None:
+def _linear(shift: Shift, x: object, weight: _Shifted, bias: object = None) -> torch.Tensor | None:
     """x·(θ + εz)ᵀ (+ b) one block of output features at a time: a block of θ + εz, never all of it."""
     if not isinstance(x, torch.Tensor) or isinstance(x, _Shifted):
         return None
     raw = _raw(weight)
     out = x.new_empty((*x.shape[:-1], raw.shape[0]))
-    for r0, r1, block in weight._zb_blocks(raw):
+    for r0, r1, block in shift.blocks(weight._zb_index, raw):  # type: ignore[attr-defined]
         out[..., r0:r1] = torch.nn.functional.linear(x, block)
     if bias is not None:
-        out += bias._zb_shift(_raw(bias)) if isinstance(bias, _Shifted) else bias
+        out += shift(bias._zb_index, _raw(bias)) if type(bias) is _Shifted else bias
     return out
 
 
-def _embedding(ids: object, weight: _Shifted, padding_idx: int | None = None, max_norm: float | None = None,
-               *rest: object, **options: object) -> torch.Tensor | None:
+def _embedding(shift: Shift, ids: object, weight: _Shifted, padding_idx: int | None = None,
+               max_norm: float | None = None, *rest: object, **options: object) -> torch.Tensor | None:
     """Rows of θ + εz for the looked-up ids: θ's rows, plus εz's rows block by block (z never whole)."""
     if max_norm is not None or not isinstance(ids, torch.Tensor) or isinstance(ids, _Shifted):
         return None
     raw = _raw(weight)
     out = torch.nn.functional.embedding(ids, raw)
     flat_ids, flat_out = ids.reshape(-1), out.view(-1, raw.shape[1])
-    for r0, r1, block in weight._zb_blocks(raw, flat_ids):  # rows r0..r1 of θ + εz, only blocks with ids
+    for r0, r1, block in shift.blocks(weight._zb_index, raw, flat_ids):  # type: ignore[attr-defined]  # rows r0..r1 of θ + εz, only blocks with ids
         hit = ((flat_ids >= r0) & (flat_ids < r1)).nonzero().squeeze(-1)
         if hit.numel():
             flat_out[hit] = block[flat_ids[hit] - r0]
@@ -106,21 +130,27 @@ _BLOCKWISE = {torch.nn.functional.linear: _linear, torch.nn.functional.embedding
 
 
 @contextmanager
-def shifted(params: Sequence[torch.Tensor], shift: Shift | None) -> Iterator[None]:
-    """Within the block every op that reads params[i] sees shift(i, θ_i); θ itself is untouched."""
-    if shift is None:
-        yield
-        return
+def swapped(params: Sequence[torch.Tensor], control: Control) -> Iterator[Control]:
+    """Within the block every op that reads params[i] sees control.shift(i, θ_i) (θ_i when shift is None);
+    θ itself is untouched. Swapping costs a few µs per parameter: keep one block around several forwards."""
     views: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         for i, p in enumerate(params):
             view = p.detach().as_subclass(_Shifted)
-            view._zb_shift = (lambda raw, i=i: shift(i, raw))
-            blocks = getattr(shift, "blocks", None)
-            view._zb_blocks = None if blocks is None else (lambda raw, rows=None, i=i, b=blocks: b(i, raw, rows))
+            view._zb_index, view._zb_control = i, control
             swap_tensors(p, view)
             views.append((p, view))
-        yield
+        yield control
     finally:
         for p, view in reversed(views):
             swap_tensors(p, view)
+
+
+@contextmanager
+def shifted(params: Sequence[torch.Tensor], shift: Shift | None) -> Iterator[None]:
+    """One forward's worth of `swapped`: every op that reads params[i] sees shift(i, θ_i)."""
+    if shift is None:
+        yield
+        return
+    with swapped(params, Control(shift)):
+        yield

@@ -34,7 +34,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from zobench.measure import phase
 from zobench.optim import noise as pieces_
 from zobench.optim.base import LossFn, Method, MethodParams
-from zobench.optim.virtual import Shift, shifted
+from zobench.optim.virtual import Control, Shift, swapped
 
 _MIX = 0x9E3779B97F4A7C15  # odd constant: spreads (seed, index) pairs over the seed space
 _CPU = torch.device("cpu")
@@ -65,6 +65,8 @@ class ZOMethod(Method):
         self.dim = sum(p.numel() for p in self.params)
         self.projected_grads: list[float] = []
         self.base_loss: float | None = None
+        self._bases: dict[tuple[int, int], int] = {}  # (query seed, parameter index) → its pieces' seed, per step
+        self._control: Control | None = None  # set while the parameters are swapped for views (`probe`)
 
     # -- how z is drawn -------------------------------------------------------------------
     def generator(self, p: torch.Tensor, seed: int, i: int) -> torch.Generator:
@@ -89,15 +91,22 @@ class ZOMethod(Method):
         cls = type(self)
         return cls.draw is ZOMethod.draw and cls.noise is ZOMethod.noise and cls.direction is ZOMethod.direction
 
+    def piece_base(self, i: int, p: torch.Tensor, seed: int) -> int:
+        """The seed of z_i(seed)'s pieces: what `noise` draws from `generator`, kept for the step (3 uses)."""
+        base = self._bases.get((seed, i))
+        if base is None:
+            base = self._bases[(seed, i)] = pieces_.base_of(self.generator(p, seed, i))
+        return base
+
     def pieces(self, i: int, p: torch.Tensor, seed: int,
                rows: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
         """z_i(seed) before sphere scaling, as (r0, r1, rows r0..r1) pieces in a reused buffer: the same
         numbers as `direction` without a tensor of p's size (`rows`: only the pieces holding these rows).
         Only for `plain_draw` methods."""
-        base = pieces_.base_of(self.generator(p, seed, i))
+        base = self.piece_base(i, p, seed)
         only = None
         if rows is not None:
-            only = torch.unique(rows.reshape(-1) // pieces_.rows_per_piece(p.shape)).tolist()
+            only = torch.unique(rows.reshape(-1) // pieces_.rows_per_piece(p.shape, p.device)).tolist()
         yield from pieces_.pieces(p.shape, p.dtype, p.device, self._kind(), base, only)
 
     def draw(self, i: int, p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -132,8 +141,17 @@ class ZOMethod(Method):
     def evaluate(self, loss_fn: LossFn, shift: Shift | None = None) -> float:
         """One forward pass at θ (shift None) or at shift(θ), θ untouched; in inference mode (no autograd
         bookkeeping at all: no version counters, no views tracked)."""
-        with shifted(self.params, shift):
+        if self._control is not None:  # inside `probe`: the views are in place, show them this shift
+            self._control.shift = shift
+            try:
+                loss = float(loss_fn())
+            finally:
+                self._control.shift = None
+        elif shift is None:
             loss = float(loss_fn())
+        else:
+            with swapped(self.params, Control(shift)):
+                loss = float(loss_fn())
         self.forward_passes += 1
         return loss
 
@@ -154,14 +172,19 @@ class ZOMethod(Method):
         """Draw the step's q seeds and measure each projected gradient. Returns (seeds, grads, loss)."""
         self.t += 1
         self._sphere.clear()
+        self._bases.clear()
         seeds = [int(s) for s in self._rng.integers(0, 2**62, size=self.hp.q)]
         self.begin_step()
-        base = self.evaluate(loss_fn) if (self.hp.one_sided or self.needs_base) else None
         grads, losses = [], []
-        for seed in seeds:
-            g, loss = self.query(loss_fn, seed, base)
-            grads.append(g)
-            losses.append(loss)
+        with swapped(self.params, Control()) as self._control:  # one swap for all of the step's forwards
+            try:
+                base = self.evaluate(loss_fn) if (self.hp.one_sided or self.needs_base) else None
+                for seed in seeds:
+                    g, loss = self.query(loss_fn, seed, base)
+                    grads.append(g)
+                    losses.append(loss)
+            finally:
+                self._control = None
         self.projected_grads, self.base_loss = grads, base
         return seeds, grads, (base if base is not None else float(np.mean(losses)))
 
@@ -189,7 +212,9 @@ class ZOMethod(Method):
     @torch.no_grad()
     def update(self, seeds: list[int], grads: list[float]) -> None:
         plain, hp, q = self.plain_sgd(), self.hp, len(seeds)
+        kind, scratch = self._kind(), None
         for i, p in enumerate(self.params):
+            chunk = pieces_.chunk(p.device)
             if not (plain and p.is_contiguous()):
                 self.apply(i, p, self.estimate(i, p, seeds, grads))
                 continue
@@ -199,6 +224,12 @@ class ZOMethod(Method):
             flat, width = p.view(-1), pieces_.rows_of(p.shape)[1]
             for seed, g in zip(seeds, grads, strict=True):
                 alpha = -hp.lr * g / q * self.sphere_scale(seed)
+                if p.numel() <= chunk:  # one piece, drawn into a buffer shared by all small parameters
+                    if scratch is None or scratch.dtype != p.dtype or scratch.device != p.device:
+                        scratch = torch.empty(chunk, dtype=p.dtype, device=p.device)
+                    z = pieces_.piece_(scratch[:p.numel()], kind, self.piece_base(i, p, seed), 0)
+                    flat.add_(z, alpha=alpha)
+                    continue
                 for r0, r1, z in self.pieces(i, p, seed):
                     flat[r0 * width:r1 * width].add_(z.reshape(-1), alpha=alpha)
 
@@ -225,8 +256,11 @@ class PieceShift:
         self.alpha = scale * method.sphere_scale(seed)  # before any piece: the sphere pass reseeds
 
     def __call__(self, i: int, raw: torch.Tensor) -> torch.Tensor:
-        src = raw.contiguous().view(-1)
         out = torch.empty(raw.shape, dtype=raw.dtype, device=raw.device)
+        if raw.numel() <= pieces_.chunk(raw.device) and raw.is_contiguous():  # one piece: z drawn into place
+            z = pieces_.piece_(out.view(-1), self.method._kind(), self.method.piece_base(i, raw, self.seed), 0)
+            return torch.add(raw, z.view(raw.shape), alpha=self.alpha, out=out)
+        src = raw.contiguous().view(-1)
         dst, width = out.view(-1), pieces_.rows_of(raw.shape)[1]
         for r0, r1, z in self.method.pieces(i, raw, self.seed):
             torch.add(src[r0 * width:r1 * width], z.reshape(-1), alpha=self.alpha, out=dst[r0 * width:r1 * width])
