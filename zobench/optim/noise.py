@@ -104,3 +104,40 @@ def fill(shape: torch.Size, dtype: torch.dtype, device: torch.device, kind: str,
     for k, r0 in enumerate(range(0, rows, step)):
         piece_(flat[r0 * width:min(rows, r0 + step) * width], kind, base, k)
     return out
+
+
+class Layout:
+    """Which draws make z: a tensor larger than a piece is cut into pieces (above); smaller ones are packed,
+    in order, into groups of at most one piece's worth that share one draw. Why: a draw, an add and a
+    Python call per small tensor (norms, biases, a GPU model's every layer) cost more than the numbers
+    in them; a group is one draw and one add however many tensors it holds. A group's draw is seeded like
+    its first tensor's piece 0, so a tensor alone in its group gets exactly its own piece."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.group_of: list[int | None] = []  # parameter → its group (None: drawn in its own pieces)
+        self.offset: list[int] = []  # parameter → where its numbers start in its group's draw
+        self.position: list[int] = []  # parameter → its place among its group's members
+        self.members: list[list[int]] = []  # group → its parameters, in order
+        self.size: list[int] = []  # group → numbers in its draw
+        for i, p in enumerate(params):
+            if p.numel() > chunk(p.device) or not p.is_contiguous():
+                self.group_of.append(None)
+                self.offset.append(0)
+                self.position.append(0)
+                continue
+            last = self.members[-1][-1] if self.members else None
+            fits = (last is not None and last == i - 1 and self.group_of[last] is not None
+                    and params[last].dtype == p.dtype and params[last].device == p.device
+                    and self.size[-1] + p.numel() <= chunk(p.device))
+            if not fits:
+                self.members.append([])
+                self.size.append(0)
+            self.group_of.append(len(self.members) - 1)
+            self.offset.append(self.size[-1])
+            self.position.append(len(self.members[-1]))
+            self.members[-1].append(i)
+            self.size[-1] += p.numel()
+
+    def split(self, flat: torch.Tensor, g: int, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The group's flat numbers cut into its parameters' shapes (views)."""
+        return [flat[self.offset[j]:self.offset[j] + params[j].numel()].view(params[j].shape) for j in self.members[g]]

@@ -104,7 +104,10 @@ def _linear(shift: Shift, x: object, weight: _Shifted, bias: object = None) -> t
         return None
     raw = _raw(weight)
     out = x.new_empty((*x.shape[:-1], raw.shape[0]))
-    for r0, r1, block in shift.blocks(weight._zb_index, raw):  # type: ignore[attr-defined]
+    blocks = shift.blocks(weight._zb_index, raw)  # type: ignore[attr-defined]
+    if blocks is None:
+        return None
+    for r0, r1, block in blocks:
         out[..., r0:r1] = torch.nn.functional.linear(x, block)
     if bias is not None:
         out += shift(bias._zb_index, _raw(bias)) if type(bias) is _Shifted else bias
@@ -117,9 +120,13 @@ def _embedding(shift: Shift, ids: object, weight: _Shifted, padding_idx: int | N
     if max_norm is not None or not isinstance(ids, torch.Tensor) or isinstance(ids, _Shifted):
         return None
     raw = _raw(weight)
+    flat_ids = ids.reshape(-1)
+    blocks = shift.blocks(weight._zb_index, raw, flat_ids)  # type: ignore[attr-defined]
+    if blocks is None:
+        return None
     out = torch.nn.functional.embedding(ids, raw)
-    flat_ids, flat_out = ids.reshape(-1), out.view(-1, raw.shape[1])
-    for r0, r1, block in shift.blocks(weight._zb_index, raw, flat_ids):  # type: ignore[attr-defined]  # rows r0..r1 of θ + εz, only blocks with ids
+    flat_out = out.view(-1, raw.shape[1])
+    for r0, r1, block in blocks:  # rows r0..r1 of θ + εz, only blocks with ids
         hit = ((flat_ids >= r0) & (flat_ids < r1)).nonzero().squeeze(-1)
         if hit.numel():
             flat_out[hit] = block[flat_ids[hit] - r0]

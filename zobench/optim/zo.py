@@ -67,6 +67,7 @@ class ZOMethod(Method):
         self.base_loss: float | None = None
         self._bases: dict[tuple[int, int], int] = {}  # (query seed, parameter index) → its pieces' seed, per step
         self._control: Control | None = None  # set while the parameters are swapped for views (`probe`)
+        self._layout: pieces_.Layout | None = None
 
     # -- how z is drawn -------------------------------------------------------------------
     def generator(self, p: torch.Tensor, seed: int, i: int) -> torch.Generator:
@@ -98,11 +99,30 @@ class ZOMethod(Method):
             base = self._bases[(seed, i)] = pieces_.base_of(self.generator(p, seed, i))
         return base
 
+    def layout(self) -> pieces_.Layout:
+        """How the parameters' z is drawn (pieces, groups); made once, when the first direction is drawn."""
+        if self._layout is None:
+            self._layout = pieces_.Layout(self.params)
+        return self._layout
+
+    def group_draw(self, g: int, seed: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Group g's z for the query `seed`: one draw for all its (small) parameters, flat."""
+        lay = self.layout()
+        first = self.params[lay.members[g][0]]
+        if out is None:
+            out = torch.empty(lay.size[g], dtype=first.dtype, device=first.device)
+        return pieces_.piece_(out[:lay.size[g]], self._kind(), self.piece_base(lay.members[g][0], first, seed), 0)
+
     def pieces(self, i: int, p: torch.Tensor, seed: int,
                rows: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
         """z_i(seed) before sphere scaling, as (r0, r1, rows r0..r1) pieces in a reused buffer: the same
         numbers as `direction` without a tensor of p's size (`rows`: only the pieces holding these rows).
-        Only for `plain_draw` methods."""
+        Only for `plain_draw` methods; a grouped parameter comes whole, cut from its group's draw."""
+        g = self.layout().group_of[i]
+        if g is not None:
+            z = self.group_draw(g, seed)[self.layout().offset[i]:self.layout().offset[i] + p.numel()]
+            yield 0, pieces_.rows_of(p.shape)[0], z.view(p.shape)
+            return
         base = self.piece_base(i, p, seed)
         only = None
         if rows is not None:
@@ -113,20 +133,25 @@ class ZOMethod(Method):
         """Parameter i's direction for this query, before any sphere normalisation. Override me."""
         return self.noise(p, gen)
 
+    def unscaled(self, i: int, p: torch.Tensor, seed: int) -> torch.Tensor:
+        """z_i before sphere scaling, a fresh tensor: `draw`, or for the engine's own noise its layout's."""
+        if self.plain_draw() and self.layout().group_of[i] is not None:
+            return next(self.pieces(i, p, seed))[2]
+        return self.draw(i, p, self.generator(p, seed, i))
+
     def sphere_scale(self, seed: int) -> float:
         """√d / ‖z‖ over all parameters (1 unless direction is 'sphere'): one extra regeneration per query."""
         if self.hp.direction != "sphere":
             return 1.0
         if seed not in self._sphere:
-            sq = sum(float(self.draw(i, p, self.generator(p, seed, i)).double().pow(2).sum())
-                     for i, p in enumerate(self.params))
+            sq = sum(float(self.unscaled(i, p, seed).double().pow(2).sum()) for i, p in enumerate(self.params))
             self._sphere[seed] = math.sqrt(self.dim / sq) if sq > 0 else 0.0
         return self._sphere[seed]
 
     @torch.no_grad()
     def direction(self, i: int, p: torch.Tensor, seed: int) -> torch.Tensor:
         """z_i for the query `seed`, regenerated (a fresh tensor the caller may modify)."""
-        z = self.draw(i, p, self.generator(p, seed, i))
+        z = self.unscaled(i, p, seed)
         scale = self.sphere_scale(seed)
         return z if scale == 1.0 else z.mul_(scale)
 
@@ -212,24 +237,28 @@ class ZOMethod(Method):
     @torch.no_grad()
     def update(self, seeds: list[int], grads: list[float]) -> None:
         plain, hp, q = self.plain_sgd(), self.hp, len(seeds)
-        kind, scratch = self._kind(), None
-        for i, p in enumerate(self.params):
-            chunk = pieces_.chunk(p.device)
-            if not (plain and p.is_contiguous()):
+        if not plain:
+            for i, p in enumerate(self.params):
                 self.apply(i, p, self.estimate(i, p, seeds, grads))
+            return
+        # SGD θ ← (1 − η·wd)θ − η/q Σ_j g_j z_j, piece by piece and group by group: nothing of p's size is made
+        lay = self.layout()
+        if hp.weight_decay:
+            torch._foreach_mul_(self.params, 1 - hp.lr * hp.weight_decay)
+        for g, members in enumerate(lay.members):
+            ps = [self.params[j] for j in members]
+            for seed, grad in zip(seeds, grads, strict=True):
+                z = lay.split(self.group_draw(g, seed), g, self.params)
+                torch._foreach_add_(ps, z, alpha=-hp.lr * grad / q * self.sphere_scale(seed))
+        for i, p in enumerate(self.params):
+            if lay.group_of[i] is not None:
                 continue
-            # SGD piece by piece, θ ← (1 − η·wd)θ − η/q Σ_j g_j z_j: no tensor of p's size is made
-            if hp.weight_decay:
-                p.mul_(1 - hp.lr * hp.weight_decay)
+            if not p.is_contiguous():  # decay is done: only the step
+                p.add_(self.estimate(i, p, seeds, grads), alpha=-hp.lr)
+                continue
             flat, width = p.view(-1), pieces_.rows_of(p.shape)[1]
             for seed, g in zip(seeds, grads, strict=True):
                 alpha = -hp.lr * g / q * self.sphere_scale(seed)
-                if p.numel() <= chunk:  # one piece, drawn into a buffer shared by all small parameters
-                    if scratch is None or scratch.dtype != p.dtype or scratch.device != p.device:
-                        scratch = torch.empty(chunk, dtype=p.dtype, device=p.device)
-                    z = pieces_.piece_(scratch[:p.numel()], kind, self.piece_base(i, p, seed), 0)
-                    flat.add_(z, alpha=alpha)
-                    continue
                 for r0, r1, z in self.pieces(i, p, seed):
                     flat[r0 * width:r1 * width].add_(z.reshape(-1), alpha=alpha)
 
@@ -251,15 +280,32 @@ class PieceShift:
     """θ_i ↦ θ_i + scale·z_i(seed) made piece by piece (no z of θ's size); `blocks` gives it row block by
     row block, so `virtual` can run a big matrix product or embedding lookup without θ + εz whole."""
 
+    KEEP = 3  # groups' θ + εz kept at once: a layer reads its norms, attention and MLP out of order
+
     def __init__(self, method: ZOMethod, seed: int, scale: float) -> None:
         self.method, self.seed = method, seed
         self.alpha = scale * method.sphere_scale(seed)  # before any piece: the sphere pass reseeds
+        self.groups: dict[int, list[torch.Tensor]] = {}
+
+    def group(self, g: int) -> list[torch.Tensor]:
+        """θ + αz for every member of group g: one draw, one copy of θ, one add (a fresh buffer each time,
+        so a view an op kept of an earlier group stays valid)."""
+        method, lay = self.method, self.method.layout()
+        ps = [method.params[j] for j in lay.members[g]]
+        flat = torch.cat([_plain(p).view(-1) for p in ps])
+        flat.add_(method.group_draw(g, self.seed), alpha=self.alpha)
+        return lay.split(flat, g, method.params)
 
     def __call__(self, i: int, raw: torch.Tensor) -> torch.Tensor:
+        lay = self.method.layout()
+        g = lay.group_of[i]
+        if g is not None:  # the whole group's θ + εz at once, kept while its other members are read
+            if g not in self.groups:
+                self.groups[g] = self.group(g)
+                if len(self.groups) > self.KEEP:
+                    del self.groups[next(iter(self.groups))]
+            return self.groups[g][lay.position[i]]
         out = torch.empty(raw.shape, dtype=raw.dtype, device=raw.device)
-        if raw.numel() <= pieces_.chunk(raw.device) and raw.is_contiguous():  # one piece: z drawn into place
-            z = pieces_.piece_(out.view(-1), self.method._kind(), self.method.piece_base(i, raw, self.seed), 0)
-            return torch.add(raw, z.view(raw.shape), alpha=self.alpha, out=out)
         src = raw.contiguous().view(-1)
         dst, width = out.view(-1), pieces_.rows_of(raw.shape)[1]
         for r0, r1, z in self.method.pieces(i, raw, self.seed):
@@ -267,8 +313,18 @@ class PieceShift:
         return out
 
     def blocks(self, i: int, raw: torch.Tensor,
-               rows: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+               rows: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]] | None:
         """(r0, r1, rows r0..r1 of θ_i + scale·z_i) for a matrix θ_i, only blocks holding `rows` if given;
-        the block is reused, use it at once."""
-        for r0, r1, z in self.method.pieces(i, raw, self.seed, rows):
-            yield r0, r1, torch.add(raw[r0:r1], z, alpha=self.alpha, out=z)
+        the block is reused, use it at once. None for a grouped parameter: it comes whole."""
+        if self.method.layout().group_of[i] is not None:
+            return None
+        return ((r0, r1, torch.add(raw[r0:r1], z, alpha=self.alpha, out=z))
+                for r0, r1, z in self.method.pieces(i, raw, self.seed, rows))
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """θ's own numbers, also while θ is swapped for its view (`virtual`)."""
+    from torch._C import DisableTorchFunctionSubclass
+
+    with DisableTorchFunctionSubclass():
+        return t.as_subclass(torch.Tensor) if type(t) is not torch.Tensor else t
