@@ -1,8 +1,9 @@
 """The fast ZO engine follows the plain four-pass trajectory (MeZO's Algorithm 1) for the same seeds.
 
-The engine never writes θ + εz (the forwards see it virtually, big matrices block by block) and
-folds the update into one piecewise pass; the reference perturbs in place four times per step
-(+ε, −2ε, +ε, update) with the same directions. Both must agree step after step, up to the rounding
+The default engine never writes θ + εz (the forwards see it virtually, big matrices block by block)
+and does the update in one piecewise pass; the in-place engine fuses the last restore with the update
+(three passes); the reference perturbs in place four times per step (+ε, −2ε, +ε, update) with the
+same directions. Both must agree step after step, up to the rounding
 the in-place reference itself adds.
 """
 
@@ -60,7 +61,9 @@ def four_pass_step(model: torch.nn.Module, directions, loss_fn, seeds: list[int]
 
 
 @pytest.mark.parametrize("hp", [{}, {"direction": "rademacher"}, {"q": 2}, {"direction": "sphere"},
-                                {"weight_decay": 0.1}], ids=["gaussian", "rademacher", "q2", "sphere", "decay"])
+                                {"weight_decay": 0.1}, {"engine": "inplace"},
+                                {"engine": "inplace", "q": 2, "weight_decay": 0.1, "direction": "rademacher"}],
+                         ids=["gaussian", "rademacher", "q2", "sphere", "decay", "inplace", "inplace-q2-decay"])
 def test_fast_engine_follows_the_four_pass_trajectory(hp, monkeypatch):
     monkeypatch.setattr(virtual, "BLOCKWISE_MIN", 1000)  # the tiny model's big matrices go block by block
     monkeypatch.setattr(noise, "CHUNK", 500)  # and every tensor of more than 500 numbers comes in pieces
@@ -69,8 +72,8 @@ def test_fast_engine_follows_the_four_pass_trajectory(hp, monkeypatch):
     ids = torch.randint(0, 300, (4, 12), generator=torch.Generator().manual_seed(1))
     fast, ref = method_for(fast_model, **hp), method_for(ref_model, **hp)
     seen: list[int] = []
-    along = fast.along
-    fast.along = lambda seed, scale: (seen.append(seed) if scale > 0 else None, along(seed, scale))[1]
+    probe = fast.probe
+    fast.probe = lambda loss_fn: (found := probe(loss_fn), seen.extend(found[0]))[0]
 
     for _ in range(5):
         seen.clear()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from zobench import registry
+from zobench.errors import FieldError
 from zobench.optim.zo import ZOMethod
 from zobench.optim.zo_adamu import anneal
 
@@ -54,6 +55,43 @@ def test_lr_zero_leaves_every_parameter_bit_identical(name, hp):
         assert math.isfinite(method.step(loss_fn))
     for a, b in zip(before, net.parameters(), strict=True):
         assert torch.equal(a, b.detach()), f"{name} changed a parameter with lr = 0"
+
+
+def takes_inplace(name: str) -> bool:
+    cls = registry.methods.get(name)
+    try:
+        cls.check({**cls.Params().model_dump(), "engine": "inplace"})
+    except FieldError:
+        return False
+    return "engine" in cls.Params.model_fields
+
+
+INPLACE = [(n, {"engine": "inplace"}) for n in ZO if takes_inplace(n)] + [
+    ("zo-sgd", {"engine": "inplace", "one_sided": True, "q": 2}), ("zo-sgd", {"engine": "inplace", "q": 3}),
+    ("zo-sgd", {"engine": "inplace", "direction": "sphere"}),
+]
+
+
+@pytest.mark.parametrize(("name", "hp"), INPLACE, ids=[f"{n}{hp}" for n, hp in INPLACE])
+def test_in_place_engine_restores_every_parameter_up_to_rounding(name, hp):
+    """MeZO's way: θ += εz, −2εz, +εz comes back only up to rounding, but it does come back (every
+    perturbation is undone, also where the restore waits for the update or no update follows)."""
+    net, loss_fn = mlp()
+    before = [p.detach().clone() for p in net.parameters()]
+    method = make(name, list(net.parameters()), lr=0.0, **hp)
+    for _ in range(4):
+        assert math.isfinite(method.step(loss_fn))
+    for a, b in zip(before, net.parameters(), strict=True):
+        torch.testing.assert_close(b.detach(), a, rtol=0, atol=1e-6)
+    method.gradient_estimate(loss_fn)  # a probe with no update after it restores too
+    for a, b in zip(before, net.parameters(), strict=True):
+        torch.testing.assert_close(b.detach(), a, rtol=0, atol=1e-6)
+
+
+def test_methods_with_their_own_queries_refuse_the_in_place_engine():
+    refused = {n for n in ZO if "engine" in registry.methods.get(n).Params.model_fields and not takes_inplace(n)}
+    assert {"hizoo", "cge", "forward-grad", "sparse-mezo"} <= refused
+    assert takes_inplace("zo-sgd") and takes_inplace("zo-adamu")
 
 
 def test_users_cannot_set_lr_zero():

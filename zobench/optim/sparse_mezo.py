@@ -26,6 +26,7 @@ class SparseMeZO(ZOMethod):
 
     Params = SparseMeZOParams
     hp: SparseMeZOParams
+    reads_theta = True  # the mask is |θ| ≤ h
 
     def begin_step(self) -> None:
         self.thresholds: list[float] = []

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
+from zobench.errors import FieldError
 from zobench.measure import phase
 from zobench.optim import noise as pieces_
 from zobench.optim.base import LossFn, Method, MethodParams
@@ -47,6 +48,11 @@ class ZOParams(MethodParams):
     direction: Literal["gaussian", "rademacher", "sphere"] = "gaussian"  # sphere: uniform, radius √d
     one_sided: bool = False  # (L(θ+εz) − L(θ))/ε: q + 1 forwards per step instead of 2q
     weight_decay: NonNegativeFloat = 0.0
+    # virtual: the forwards see θ ± εz without θ being written (bit-exact θ; a Python hook per op that reads a
+    # parameter). inplace: MeZO's way, θ += εz, −2εz, then restore and update fused into one pass (θ comes
+    # back only up to rounding: in bf16 that rounding is larger than a typical update); plain forwards,
+    # so on a GPU, where the hooks' CPU time shows, it is the faster one
+    engine: Literal["virtual", "inplace"] = "virtual"
 
 
 class ZOMethod(Method):
@@ -55,6 +61,7 @@ class ZOMethod(Method):
     Params = ZOParams
     hp: ZOParams
     needs_base: ClassVar[bool] = False  # the method needs L(θ) every step (besides one-sided differences)
+    reads_theta: ClassVar[bool] = False  # z depends on θ (a mask, a scale): θ may not move between its draws
 
     def __init__(self, params: list[torch.nn.Parameter], hp: ZOParams, seed: int) -> None:
         super().__init__(params, hp, seed)
@@ -68,6 +75,21 @@ class ZOMethod(Method):
         self._bases: dict[tuple[int, int], int] = {}  # (query seed, parameter index) → its pieces' seed, per step
         self._control: Control | None = None  # set while the parameters are swapped for views (`probe`)
         self._layout: pieces_.Layout | None = None
+        self._restore: tuple[int, float] | None = None  # (seed, α): θ still holds −α·z(seed) (engine inplace)
+        self._fuse = False  # inside `step` of plain SGD: the last restore may wait for `update`
+
+    @classmethod
+    def check(cls, params: dict) -> None:
+        """The in-place engine replaces `query` and moves θ between draws: a method with its own queries
+        (HiZOO's pairs, CGE's coordinates, forward gradients) or whose z reads θ keeps the virtual engine."""
+        if params.get("engine") != "inplace":
+            return
+        if cls.query is not ZOMethod.query or cls.probe is not ZOMethod.probe:
+            raise FieldError("engine", f"'{cls.__name__}' makes its own queries, which the in-place engine would "
+                             "skip; use engine: virtual (the default) for this method")
+        if cls.reads_theta:
+            raise FieldError("engine", f"'{cls.__name__}' draws z from θ itself, which the in-place engine moves "
+                             "between draws; use engine: virtual (the default) for this method")
 
     # -- how z is drawn -------------------------------------------------------------------
     def generator(self, p: torch.Tensor, seed: int, i: int) -> torch.Generator:
@@ -193,6 +215,33 @@ class ZOMethod(Method):
         minus = self.evaluate(loss_fn, self.along(seed, -eps))
         return (plus - minus) / (2 * eps), (plus + minus) / 2
 
+    @torch.no_grad()
+    def query_inplace(self, loss_fn: LossFn, seed: int, base: float | None, last: bool) -> tuple[float, float]:
+        """`query` by perturbing θ in place. The last query's restore waits for the update, which does both
+        in one pass (plain SGD only): three draws of z per step against MeZO's four."""
+        eps = self.hp.eps
+        self.add_z(seed, eps)
+        plus = self.evaluate(loss_fn)
+        if self.hp.one_sided:
+            assert base is not None
+            g, loss, restore = (plus - base) / eps, base, -eps
+        else:
+            self.add_z(seed, -2 * eps)
+            minus = self.evaluate(loss_fn)
+            g, loss, restore = (plus - minus) / (2 * eps), (plus + minus) / 2, eps
+        if last and self._fuse:
+            self._restore = (seed, restore)
+        else:
+            self.add_z(seed, restore)
+        return g, loss
+
+    def finish_restore(self) -> None:
+        """Undo a perturbation `query_inplace` left for the update (when no update follows)."""
+        if self._restore is not None:
+            seed, alpha = self._restore
+            self._restore = None
+            self.add_z(seed, alpha)
+
     def probe(self, loss_fn: LossFn) -> tuple[list[int], list[float], float]:
         """Draw the step's q seeds and measure each projected gradient. Returns (seeds, grads, loss)."""
         self.t += 1
@@ -201,15 +250,22 @@ class ZOMethod(Method):
         seeds = [int(s) for s in self._rng.integers(0, 2**62, size=self.hp.q)]
         self.begin_step()
         grads, losses = [], []
-        with swapped(self.params, Control()) as self._control:  # one swap for all of the step's forwards
-            try:
-                base = self.evaluate(loss_fn) if (self.hp.one_sided or self.needs_base) else None
-                for seed in seeds:
-                    g, loss = self.query(loss_fn, seed, base)
-                    grads.append(g)
-                    losses.append(loss)
-            finally:
-                self._control = None
+        if self.hp.engine == "inplace":
+            base = self.evaluate(loss_fn) if (self.hp.one_sided or self.needs_base) else None
+            for seed in seeds:
+                g, loss = self.query_inplace(loss_fn, seed, base, last=seed == seeds[-1])
+                grads.append(g)
+                losses.append(loss)
+        else:
+            with swapped(self.params, Control()) as self._control:  # one swap for all of the step's forwards
+                try:
+                    base = self.evaluate(loss_fn) if (self.hp.one_sided or self.needs_base) else None
+                    for seed in seeds:
+                        g, loss = self.query(loss_fn, seed, base)
+                        grads.append(g)
+                        losses.append(loss)
+                finally:
+                    self._control = None
         self.projected_grads, self.base_loss = grads, base
         return seeds, grads, (base if base is not None else float(np.mean(losses)))
 
@@ -232,39 +288,56 @@ class ZOMethod(Method):
 
     def plain_sgd(self) -> bool:
         cls = type(self)
-        return self.plain_draw() and cls.estimate is ZOMethod.estimate and cls.apply is ZOMethod.apply
+        return (self.plain_draw() and cls.estimate is ZOMethod.estimate and cls.apply is ZOMethod.apply
+                and cls.update is ZOMethod.update)
 
     @torch.no_grad()
     def update(self, seeds: list[int], grads: list[float]) -> None:
         plain, hp, q = self.plain_sgd(), self.hp, len(seeds)
         if not plain:
+            self.finish_restore()
             for i, p in enumerate(self.params):
                 self.apply(i, p, self.estimate(i, p, seeds, grads))
             return
-        # SGD θ ← (1 − η·wd)θ − η/q Σ_j g_j z_j, piece by piece and group by group: nothing of p's size is made
-        lay = self.layout()
+        # SGD θ ← (1 − η·wd)θ − η/q Σ_j g_j z_j, one pass per query (plus the in-place engine's restore)
+        keep = 1 - hp.lr * hp.weight_decay
         if hp.weight_decay:
-            torch._foreach_mul_(self.params, 1 - hp.lr * hp.weight_decay)
+            torch._foreach_mul_(self.params, keep)
+        restore, self._restore = self._restore, None
+        for seed, grad in zip(seeds, grads, strict=True):
+            back = keep * restore[1] if restore is not None and restore[0] == seed else 0.0
+            self.add_z(seed, back - hp.lr * grad / q)
+
+    @torch.no_grad()
+    def add_z(self, seed: int, alpha: float) -> None:
+        """θ ← θ + α·z(seed) over every parameter: group by group and piece by piece for the engine's own
+        directions (nothing of a parameter's size is made), else through `direction`."""
+        if not self.plain_draw():
+            for i, p in enumerate(self.params):
+                p.add_(self.direction(i, p, seed), alpha=alpha)
+            return
+        alpha *= self.sphere_scale(seed)
+        lay = self.layout()
         for g, members in enumerate(lay.members):
-            ps = [self.params[j] for j in members]
-            for seed, grad in zip(seeds, grads, strict=True):
-                z = lay.split(self.group_draw(g, seed), g, self.params)
-                torch._foreach_add_(ps, z, alpha=-hp.lr * grad / q * self.sphere_scale(seed))
+            z = lay.split(self.group_draw(g, seed), g, self.params)
+            torch._foreach_add_([self.params[j] for j in members], z, alpha=alpha)
         for i, p in enumerate(self.params):
             if lay.group_of[i] is not None:
                 continue
-            if not p.is_contiguous():  # decay is done: only the step
-                p.add_(self.estimate(i, p, seeds, grads), alpha=-hp.lr)
+            if not p.is_contiguous():
+                p.add_(self.unscaled(i, p, seed), alpha=alpha)
                 continue
             flat, width = p.view(-1), pieces_.rows_of(p.shape)[1]
-            for seed, g in zip(seeds, grads, strict=True):
-                alpha = -hp.lr * g / q * self.sphere_scale(seed)
-                for r0, r1, z in self.pieces(i, p, seed):
-                    flat[r0 * width:r1 * width].add_(z.reshape(-1), alpha=alpha)
+            for r0, r1, z in self.pieces(i, p, seed):
+                flat[r0 * width:r1 * width].add_(z.reshape(-1), alpha=alpha)
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, loss_fn: LossFn) -> float:
-        seeds, grads, loss = self.probe(loss_fn)
+        self._fuse = self.plain_sgd()  # the in-place engine may leave its last restore to `update`
+        try:
+            seeds, grads, loss = self.probe(loss_fn)
+        finally:
+            self._fuse = False
         with phase("update"):
             self.update(seeds, grads)
         return loss
@@ -273,6 +346,7 @@ class ZOMethod(Method):
     def gradient_estimate(self, loss_fn: LossFn) -> list[torch.Tensor]:
         """The step's gradient estimate as dense tensors, without updating (diagnostics and tests only)."""
         seeds, grads, _ = self.probe(loss_fn)
+        self.finish_restore()
         return [self.estimate(i, p, seeds, grads) for i, p in enumerate(self.params)]
 
 
@@ -300,10 +374,10 @@ class PieceShift:
         lay = self.method.layout()
         g = lay.group_of[i]
         if g is not None:  # the whole group's θ + εz at once, kept while its other members are read
-            if g not in self.groups:
-                self.groups[g] = self.group(g)
-                if len(self.groups) > self.KEEP:
-                    del self.groups[next(iter(self.groups))]
+            kept = self.groups.pop(g, None)  # least recently used first: a hit moves to the end
+            self.groups[g] = kept if kept is not None else self.group(g)
+            if len(self.groups) > self.KEEP:
+                del self.groups[next(iter(self.groups))]
             return self.groups[g][lay.position[i]]
         out = torch.empty(raw.shape, dtype=raw.dtype, device=raw.device)
         src = raw.contiguous().view(-1)
