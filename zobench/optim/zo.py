@@ -3,18 +3,17 @@
 One step: draw q seeds; for each, evaluate the objective at θ ± εz (or θ + εz and θ, one-sided)
 and keep only the scalar projected gradient g; then one update pass over the parameters that
 regenerates each query's z and turns Σ g·z / q into an update. Directions are never stored:
-each parameter's z is regenerated from (query seed, parameter index), in pieces (optim/noise.py).
-The forward passes see θ + εz through `virtual.shifted`, so θ is never written except by the
-update (bit-exact: a step with lr 0 returns every parameter unchanged).
+z is regenerated from (query seed, parameter index) in the layout of optim/noise.py (big tensors
+in pieces, small ones in groups sharing one draw).
 
-Cost of a two-point step: z is made three times (once per forward, once in the update) against
-MeZO's four (+ε, −2ε, +ε, update), and for the engine's own directions (`plain_draw`) each time
-piece by piece: θ + εz is formed per piece, big matrix products and embedding lookups run block by
-block (an embedding draws only the rows it looks up), and the SGD update adds g·z piece by piece, so
-no temporary is larger than a piece or the largest small weight. The forwards run in inference mode.
-Folding the update into the next step's first forward (ZO2) would save a pass over θ, not a draw of
-z, because θ is never perturbed in place here; fewer than three draws needs both forwards computed
-together, layer by layer, which would double the activations.
+Two engines (`engine`). `virtual` (default): the forwards see θ ± εz through views swapped in once
+per step (optim/virtual.py), so θ is never written except by the update (bit-exact: a step with lr 0
+returns every parameter unchanged); θ + εz is formed per piece or per group, big matrix products
+and embedding lookups run block by block, so no temporary is larger than a piece or a group.
+`inplace`: MeZO's way, θ += εz, forward, θ −= 2εz, forward, then the restore and the update in one
+pass; θ returns only up to rounding, but the forwards are plain (no per-op hook), which is what a
+GPU's step time is made of. Either way z is made three times per step against MeZO's four.
+Fewer than three draws needs both forwards computed together, layer by layer.
 
 A method is a subclass that says how z is drawn (`draw`, may read the method's state) and how
 the estimate becomes an update (`apply`, or `update` for methods that need more than g·z).
@@ -33,6 +32,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
 from zobench.errors import FieldError
 from zobench.measure import phase
+from zobench.optim import fused as fused_
 from zobench.optim import noise as pieces_
 from zobench.optim.base import LossFn, Method, MethodParams
 from zobench.optim.virtual import Control, Shift, swapped
@@ -77,6 +77,7 @@ class ZOMethod(Method):
         self._layout: pieces_.Layout | None = None
         self._restore: tuple[int, float] | None = None  # (seed, α): θ still holds −α·z(seed) (engine inplace)
         self._fuse = False  # inside `step` of plain SGD: the last restore may wait for `update`
+        self._fused: fused_.FusedPass | None | bool = None  # the GPU kernel for in-place passes (None: not decided)
 
     @classmethod
     def check(cls, params: dict) -> None:
@@ -155,8 +156,21 @@ class ZOMethod(Method):
         """Parameter i's direction for this query, before any sphere normalisation. Override me."""
         return self.noise(p, gen)
 
+    def fused(self) -> fused_.FusedPass | None:
+        """The one-kernel pass (optim/fused.py) when the in-place engine draws its own z on a GPU with Triton:
+        then z is the kernel's, everywhere (passes, update, `direction`)."""
+        if self._fused is None:
+            ok = self.hp.engine == "inplace" and self.plain_draw() and fused_.available(self.params)
+            self._fused = fused_.FusedPass() if ok else False
+        return self._fused or None
+
     def unscaled(self, i: int, p: torch.Tensor, seed: int) -> torch.Tensor:
         """z_i before sphere scaling, a fresh tensor: `draw`, or for the engine's own noise its layout's."""
+        kernel = self.fused()
+        if kernel is not None:
+            z = torch.zeros_like(p)
+            kernel([z], [i], self._kind(), seed, 1.0)
+            return z
         if self.plain_draw() and self.layout().group_of[i] is not None:
             return next(self.pieces(i, p, seed))[2]
         return self.draw(i, p, self.generator(p, seed, i))
@@ -317,6 +331,10 @@ class ZOMethod(Method):
                 p.add_(self.direction(i, p, seed), alpha=alpha)
             return
         alpha *= self.sphere_scale(seed)
+        kernel = self.fused()
+        if kernel is not None:
+            kernel(self.params, list(range(len(self.params))), self._kind(), seed, alpha)
+            return
         lay = self.layout()
         for g, members in enumerate(lay.members):
             z = lay.split(self.group_draw(g, seed), g, self.params)

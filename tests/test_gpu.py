@@ -1,0 +1,75 @@
+"""GPU checks of the ZO engine (skipped without CUDA): the fused in-place kernel and both engines on a GPU.
+
+CI has no GPU; these run where one is lent (benchmarks/run_gpu.sh runs them before the bench)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_engine_equivalence import four_pass_step, method_for, tiny_llama
+
+from zobench.optim import fused
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+def needs_triton() -> None:
+    pytest.importorskip("triton")
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_fused_kernel_draws_unit_directions_repeatably(kind):
+    needs_triton()
+    run = fused.FusedPass()
+    a = [torch.zeros(3_000_001, device="cuda"), torch.zeros(7, 5, device="cuda")]
+    run(a, [0, 1], kind, seed=123, alpha=1.0)
+    z = a[0]
+    assert abs(float(z.mean())) < 5 / z.numel() ** 0.5 and abs(float(z.var()) - 1) < 0.01
+    if kind == "rademacher":
+        assert set(z.unique().tolist()) == {-1.0, 1.0}
+    b = [torch.zeros_like(t) for t in a]
+    run(b, [0, 1], kind, seed=123, alpha=1.0)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))  # same seed, same z
+    c = [torch.zeros_like(t) for t in a]
+    run(c, [1, 0], kind, seed=123, alpha=1.0)  # another parameter index: another z
+    assert not torch.equal(c[0][:35].view(7, 5), a[1])
+    run(b, [0, 1], kind, seed=123, alpha=-1.0, seed2=9, alpha2=0.5)  # two directions in one pass
+    d = [torch.zeros_like(t) for t in a]
+    run(d, [0, 1], kind, seed=9, alpha=0.5)
+    torch.testing.assert_close(b[0], d[0])
+
+
+@pytest.mark.parametrize("hp", [{"engine": "inplace"}, {"engine": "inplace", "direction": "rademacher", "q": 2},
+                                {"engine": "virtual"}], ids=["inplace", "inplace-rademacher-q2", "virtual"])
+def test_engines_follow_the_four_pass_trajectory_on_the_gpu(hp):
+    if hp["engine"] == "inplace":
+        needs_triton()
+    fast_model = tiny_llama().cuda()
+    ref_model = copy.deepcopy(fast_model)
+    ids = torch.randint(0, 300, (4, 12), generator=torch.Generator().manual_seed(1)).cuda()
+    fast, ref = method_for(fast_model, **hp), method_for(ref_model, **hp)
+    if hp["engine"] == "inplace":
+        assert fast.fused() is not None  # the kernel, not the torch path
+    seen: list[int] = []
+    probe = fast.probe
+    fast.probe = lambda loss_fn: (found := probe(loss_fn), seen.extend(found[0]))[0]
+    for _ in range(3):
+        seen.clear()
+        loss_fast = fast.step(lambda: fast_model(ids, labels=ids).loss)
+        loss_ref = four_pass_step(ref_model, ref.direction, lambda: ref_model(ids, labels=ids).loss, list(seen), ref.hp)
+        assert loss_fast == pytest.approx(loss_ref, rel=1e-4)
+        for a, b in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_virtual_engine_leaves_bf16_weights_bit_identical_with_lr_zero():
+    model = tiny_llama().cuda().to(torch.bfloat16)
+    before = [p.detach().clone() for p in model.parameters()]
+    method = method_for(model, lr=1e-3)
+    method.hp = method.hp.model_copy(update={"lr": 0.0})
+    ids = torch.randint(0, 300, (4, 12)).cuda()
+    for _ in range(3):
+        method.step(lambda: model(ids, labels=ids).loss)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=True))

@@ -1,0 +1,113 @@
+"""θ ← θ + α·z in one GPU kernel over every parameter, z made inside the kernel (Triton, philox).
+
+The in-place engine's passes are the whole cost of a ZO step beyond its two forwards. With torch ops a
+pass draws z into memory and adds it (≈ 8 bytes moved per bf16 number, two launches per group of
+tensors); here one launch covers all parameters, each number is read and written once and z never
+exists in memory. z for (query seed, parameter index, element) comes from Triton's philox, so it is
+the same in every pass of a step and on every run on the same device (it is not torch's normal_
+stream: the CPU and the torch-op path draw other numbers). Used only on CUDA with Triton installed,
+for the engine's own directions (`ZOMethod.fused`); everything else keeps the torch path.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+BLOCK = 4096  # numbers per program: a tensor's blocks never straddle another tensor
+_HIGH = 1 << 62  # every seed has this bit: Triton then always compiles the seed as a 64-bit integer
+
+
+def available(params: list[torch.Tensor]) -> bool:
+    """All parameters on one CUDA device, contiguous, and Triton importable."""
+    if not params or any(p.device.type != "cuda" or not p.is_contiguous() for p in params):
+        return False
+    if len({p.device for p in params}) != 1:
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _kernel() -> Any:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _z(seed, t, offs, RADEMACHER: tl.constexpr):  # noqa: N803
+        key = seed ^ (t.to(tl.int64) * 0x2545F4914F6CDD1D)  # odd constant: parameter index → its own key
+        if RADEMACHER:
+            bits = tl.randint(key, offs)
+            return (bits & 1).to(tl.float32) * 2.0 - 1.0
+        return tl.randn(key, offs)
+
+    @triton.jit
+    def add_z(ptrs, sizes, indices, block_tensor, block_start, seed, alpha, seed2, alpha2,
+              TWO: tl.constexpr, RADEMACHER: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr):  # noqa: N803
+        pid = tl.program_id(0)
+        t = tl.load(block_tensor + pid)
+        start = tl.load(block_start + pid)
+        size = tl.load(sizes + t)
+        index = tl.load(indices + t)
+        ptr = tl.load(ptrs + t).to(tl.pointer_type(DTYPE))
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < size
+        x = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x += alpha * _z(seed, index, offs, RADEMACHER)
+        if TWO:
+            x += alpha2 * _z(seed2, index, offs, RADEMACHER)
+        tl.store(ptr + offs, x.to(DTYPE), mask=mask)
+
+    return add_z
+
+
+def _tl_dtype(dtype: torch.dtype) -> Any:
+    import triton.language as tl
+
+    return {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+
+
+class FusedPass:
+    """One launch per dtype: the block table (which tensor, where in it) is made once per set of tensors."""
+
+    def __init__(self) -> None:
+        self._tables: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+    def _table(self, tensors: list[torch.Tensor], indices: list[int]) -> tuple[torch.Tensor, ...]:
+        key = tuple((t.data_ptr(), t.numel()) for t in tensors) + tuple(indices)
+        table = self._tables.get(key)
+        if table is None:
+            device = tensors[0].device
+            sizes = torch.tensor([t.numel() for t in tensors], dtype=torch.int64)
+            blocks = (sizes + BLOCK - 1) // BLOCK
+            block_tensor = torch.repeat_interleave(torch.arange(len(tensors), dtype=torch.int32), blocks)
+            first = torch.cumsum(blocks, 0) - blocks
+            block_start = ((torch.arange(int(blocks.sum())) - first.repeat_interleave(blocks)) * BLOCK).to(torch.int32)
+            table = tuple(x.to(device) for x in (
+                torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64), sizes.to(torch.int32),
+                torch.tensor(indices, dtype=torch.int32), block_tensor, block_start))
+            if len(self._tables) > 8:
+                self._tables.clear()
+            self._tables[key] = table
+        return table
+
+    def __call__(self, tensors: list[torch.Tensor], indices: list[int], kind: str,
+                 seed: int, alpha: float, seed2: int | None = None, alpha2: float = 0.0) -> None:
+        """tensors[k] += alpha·z(seed, indices[k]) (+ alpha2·z(seed2, indices[k])), in place."""
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for k, t in enumerate(tensors):
+            if t.numel():
+                by_dtype.setdefault(t.dtype, []).append(k)
+        kernel = _kernel()
+        for dtype, ks in by_dtype.items():
+            table = self._table([tensors[k] for k in ks], [indices[k] for k in ks])
+            ptrs, sizes, idx, block_tensor, block_start = table
+            kernel[(block_tensor.numel(),)](
+                ptrs, sizes, idx, block_tensor, block_start, (seed % _HIGH) | _HIGH, float(alpha),
+                ((seed2 or 0) % _HIGH) | _HIGH, float(alpha2), TWO=seed2 is not None,
+                RADEMACHER=kind == "rademacher", DTYPE=_tl_dtype(dtype), BLOCK=BLOCK)
