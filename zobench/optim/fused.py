@@ -39,12 +39,14 @@ def _kernel() -> Any:
     import triton.language as tl
 
     @triton.jit
-    def _z(seed, t, offs, RADEMACHER: tl.constexpr):  # noqa: N803
+    def _z4(seed, t, counters, RADEMACHER: tl.constexpr):  # noqa: N803
+        """Four directions per philox call (one call per counter): Box–Muller pairs, or one sign bit each."""
         key = seed ^ (t.to(tl.int64) * 0x2545F4914F6CDD1D)  # odd constant: parameter index → its own key
         if RADEMACHER:
-            bits = tl.randint(key, offs)
-            return (bits & 1).to(tl.float32) * 2.0 - 1.0
-        return tl.randn(key, offs)
+            a, b, c, d = tl.randint4x(key, counters)
+            return ((a & 1).to(tl.float32) * 2.0 - 1.0, (b & 1).to(tl.float32) * 2.0 - 1.0,
+                    (c & 1).to(tl.float32) * 2.0 - 1.0, (d & 1).to(tl.float32) * 2.0 - 1.0)
+        return tl.randn4x(key, counters)
 
     @triton.jit
     def add_z(ptrs, sizes, indices, block_tensor, block_start, seed, alpha, seed2, alpha2,
@@ -55,13 +57,34 @@ def _kernel() -> Any:
         size = tl.load(sizes + t)
         index = tl.load(indices + t)
         ptr = tl.load(ptrs + t).to(tl.pointer_type(DTYPE))
-        offs = start + tl.arange(0, BLOCK)
-        mask = offs < size
-        x = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        x += alpha * _z(seed, index, offs, RADEMACHER)
+        quarter: tl.constexpr = BLOCK // 4
+        lane = tl.arange(0, quarter)
+        counters = start // 4 + lane  # element start + k·quarter + lane takes the k-th number of this counter
+        z0, z1, z2, z3 = _z4(seed, index, counters, RADEMACHER)
         if TWO:
-            x += alpha2 * _z(seed2, index, offs, RADEMACHER)
-        tl.store(ptr + offs, x.to(DTYPE), mask=mask)
+            y0, y1, y2, y3 = _z4(seed2, index, counters, RADEMACHER)
+        for k in tl.static_range(4):
+            offs = start + k * quarter + lane
+            mask = offs < size
+            x = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            if k == 0:
+                x += alpha * z0
+            elif k == 1:
+                x += alpha * z1
+            elif k == 2:
+                x += alpha * z2
+            else:
+                x += alpha * z3
+            if TWO:
+                if k == 0:
+                    x += alpha2 * y0
+                elif k == 1:
+                    x += alpha2 * y1
+                elif k == 2:
+                    x += alpha2 * y2
+                else:
+                    x += alpha2 * y3
+            tl.store(ptr + offs, x.to(DTYPE), mask=mask)
 
     return add_z
 
