@@ -22,8 +22,8 @@ _HIGH = 1 << 62  # every seed has this bit: Triton then always compiles the seed
 
 def available(params: list[torch.Tensor]) -> bool:
     """All parameters on one CUDA device, contiguous, and Triton importable."""
-    if not params or any(p.device.type != "cuda" or not p.is_contiguous() for p in params):
-        return False
+    if not params or any(p.device.type != "cuda" or not p.is_contiguous() or p.data_ptr() % 16 for p in params):
+        return False  # the kernel assumes 16-byte aligned tensors (vector loads)
     if len({p.device for p in params}) != 1:
         return False
     try:
@@ -56,9 +56,9 @@ def _kernel() -> Any:
         start = tl.load(block_start + pid)
         size = tl.load(sizes + t)
         index = tl.load(indices + t)
-        ptr = tl.load(ptrs + t).to(tl.pointer_type(DTYPE))
+        ptr = tl.multiple_of(tl.load(ptrs + t).to(tl.pointer_type(DTYPE)), 16)  # checked in `_table`: 16-byte
         quarter: tl.constexpr = BLOCK // 4
-        lane = tl.arange(0, quarter)
+        lane = tl.max_contiguous(tl.multiple_of(tl.arange(0, quarter), quarter), quarter)
         counters = start // 4 + lane  # element start + k·quarter + lane takes the k-th number of this counter
         z0, z1, z2, z3 = _z4(seed, index, counters, RADEMACHER)
         if TWO:

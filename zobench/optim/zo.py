@@ -23,6 +23,7 @@ The objective is any scalar the loss function returns; nothing assumes it is dif
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from typing import ClassVar, Literal
 
@@ -333,8 +334,14 @@ class ZOMethod(Method):
         alpha *= self.sphere_scale(seed)
         kernel = self.fused()
         if kernel is not None:
-            kernel(self.params, list(range(len(self.params))), self._kind(), seed, alpha)
-            return
+            try:
+                kernel(self.params, list(range(len(self.params))), self._kind(), seed, alpha)
+                return
+            except Exception as e:  # noqa: BLE001  a kernel that cannot compile here: the torch path, said once
+                if self.t > 1 or self._restore is not None:
+                    raise  # z already came from the kernel this step: switching now would change it
+                warnings.warn(f"fused ZO kernel unavailable ({type(e).__name__}: {e}); using torch ops", stacklevel=2)
+                self._fused = False
         lay = self.layout()
         for g, members in enumerate(lay.members):
             z = lay.split(self.group_draw(g, seed), g, self.params)
