@@ -67,3 +67,17 @@ def test_exclude_and_include(write_suite):
     specs = expand(suite, path, lines)
     got = sorted((s.method.label, s.seed) for s in specs)
     assert got == [("fo-adam", 0), ("fo-sgd", 7), ("zo-sgd", 0), ("zo-sgd", 1)]
+
+
+def test_lm_eval_data_dir_is_relative_to_the_suite_file_and_defaults_to_its_data_dir(write_suite, tmp_path):
+    grid = {"models": [{"name": "tiny", "config": {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32,
+                                                    "num_hidden_layers": 1, "num_attention_heads": 2}}],
+            "tasks": [{"name": "synthetic-sentiment"}], "methods": [{"name": "fo-adam"}]}
+    base = {"name": "lme", "data_dir": "data", "grid": grid}
+    (tmp_path / "data").mkdir()
+    inherit = write_suite({**base, "defaults": {"lm_eval": {"tasks": ["zobench_copa"]}}}, "a.yaml")
+    own = write_suite({**base, "defaults": {"lm_eval": {"tasks": ["zobench_copa"], "data_dir": "elsewhere"}}}, "b.yaml")
+    (a,), (b,) = (expand(*(lambda s: (s[0], p, s[1]))(load_suite(p))) for p in (inherit, own))
+    assert a.settings.lm_eval.data_dir == str((tmp_path / "data").resolve())
+    assert b.settings.lm_eval.data_dir == str((tmp_path / "elsewhere").resolve())
+    assert a.run_id == b.run_id  # where data lives is not what the run is

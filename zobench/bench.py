@@ -1,10 +1,11 @@
 """`zobench bench`: what one ZO step costs against a forward pass, MeZO's reference step and Adam.
 
 One process times every mode on the same model and batch (interleaved repeats, medians): a forward
-pass F of our loss (inference mode, logits only where the loss needs them), our zo-sgd step (Gaussian
-and Rademacher directions), a faithful MeZO-reference step (Algorithm 1 as MeZO's trainer runs it:
-four Gaussian regenerations from the global RNG, losses from full logits at every position) and an
-fo-adam step. Peak memory is measured in a fresh process per mode, since a process's peak only grows.
+pass F of our loss (inference mode, logits only where the loss needs them), our zo-sgd step (both
+engines, virtual and in-place, each with Gaussian and Rademacher directions), a faithful
+MeZO-reference step (Algorithm 1 as MeZO's trainer runs it: four Gaussian regenerations from the
+global RNG, losses from full logits at every position) and an fo-adam step. Peak memory is measured
+in a fresh process per mode, since a process's peak only grows.
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ class RunSpec(BaseModel):
         data = self.model_dump(mode="json", exclude={"suite"})
         if data["settings"].get("lm_eval") is None:  # unset: runs keep the ids they had before the field existed
             data["settings"].pop("lm_eval", None)
+        else:
+            data["settings"]["lm_eval"].pop("data_dir", None)  # where data lives is not what the run is
         for axis in AXES:
             data[axis]["params"] = {k: v for k, v in data[axis]["params"].items() if k not in UNHASHED}
             data[axis].pop("label")
@@ -107,7 +109,9 @@ def _matches(rule: Rule, cell: dict[str, Any]) -> bool:
 
 
 def _settings(suite: Suite, comps: list[Component], path: Path, lines: dict[Loc, int],
-              locs: list[Loc]) -> RunSettings:
+              locs: list[Loc], data_dir: str | None = None) -> RunSettings:
+    """The run's settings: defaults, then each component's; lm_eval.data_dir is taken relative to the suite
+    file, and when unset it is the suite's data_dir (or --data-dir)."""
     merged = suite.defaults.model_dump()
     for comp in comps:
         merged.update(comp.settings)
@@ -123,6 +127,10 @@ def _settings(suite: Suite, comps: list[Component], path: Path, lines: dict[Loc,
                    ("defaults", "device"))
         raise UserError(f"{where(path, lines, loc)}: device 'cuda' is asked for but no GPU is visible here; "
                         f"use device: auto (GPU when there is one) or cpu")
+    if settings.lm_eval is not None:
+        own = settings.lm_eval.data_dir
+        resolved = str((path.parent / own).resolve()) if own else data_dir
+        settings = settings.model_copy(update={"lm_eval": settings.lm_eval.model_copy(update={"data_dir": resolved})})
     return settings
 
 
@@ -205,7 +213,7 @@ def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
             continue
         comps = [c for _, c, _ in (model, task, method, scheme)]
         locs = [lo for _, _, lo in (model, task, method, scheme)]
-        spec = RunSpec(suite=suite.name, settings=_settings(suite, comps, path, lines, locs), **cell)
+        spec = RunSpec(suite=suite.name, settings=_settings(suite, comps, path, lines, locs, data_dir), **cell)
         specs.setdefault(spec.run_id, spec)
     if not specs:
         raise UserError(f"{where(path, lines, ('exclude',))}: the grid is empty after these rules; loosen them")

@@ -25,7 +25,7 @@ class LmEvalSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     tasks: list[str] = Field(min_length=1)  # e.g. [zobench_sst2, zobench_rte] (local) or any lm-eval task name
-    data_dir: str | None = None  # fills {data_dir} in the local YAMLs (e.g. ../shared/data, from the current folder)
+    data_dir: str | None = None  # fills {data_dir} in local YAMLs; relative to the suite file (default: its data_dir)
     limit: PositiveInt | None = None  # examples per task (None: all)
     num_fewshot: int | None = None
     batch_size: PositiveInt = 8
