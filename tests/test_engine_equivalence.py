@@ -81,9 +81,13 @@ def test_fast_engine_follows_the_four_pass_trajectory(hp, monkeypatch):
         seeds = list(seen)
         assert len(seeds) == fast.hp.q
         loss_ref = four_pass_step(ref_model, ref.direction, lambda: ref_model(ids, labels=ids).loss, seeds, ref.hp)
-        assert loss_fast == pytest.approx(loss_ref, rel=1e-5)
-        for a, b in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert loss_fast == pytest.approx(loss_ref, rel=1e-5)  # the in-place engine's folded update included
+        if fast.hp.engine == "virtual":
+            for a, b in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    fast.settle()  # the in-place engine's last update waits for a next step: settle does it
+    for a, b in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     moved = sum(float((a - b).detach().abs().sum()) for a, b in zip(fast_model.parameters(), tiny_llama().parameters(),
                                                             strict=True))
     assert moved > 0  # the trajectory went somewhere

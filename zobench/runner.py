@@ -133,7 +133,11 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
     metric, sign = workload.metric, (1 if workload.higher_is_better else -1)
     best: dict[str, Any] = {"score": -math.inf, "step": None, "dev": None, "state": None}
 
+    settle = getattr(method, "settle", lambda: None)  # a deferred update is done before θ is read
+
     def evaluate_dev(step: int, row: dict[str, Any]) -> None:
+        with clock.phase("step"):  # training work: counted as such
+            settle()
         with clock.phase("evaluation"), memory.window("evaluation"):
             dev = workload.evaluate("dev")
         row.update({f"dev_{k}": v for k, v in dev.items()})
@@ -174,6 +178,8 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
         if out_of_time:
             break
 
+    with clock.phase("step"):
+        settle()
     if best["state"] is not None and best["step"] != steps_done:
         workload.module.load_state_dict(best["state"], strict=False)
     with clock.phase("evaluation"), memory.window("evaluation"):

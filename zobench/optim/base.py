@@ -36,6 +36,10 @@ class Method:
         """One optimisation step; returns the training loss it saw."""
         raise NotImplementedError
 
+    def settle(self) -> None:
+        """Finish work a step deferred (the in-place ZO engine folds its update into the next step), so the
+        parameters hold the trained θ. The runner calls it before every evaluation and after training."""
+
     def state_tensors(self) -> list[torch.Tensor]:
         """Tensors the method keeps between steps (momenta, second moments, ...)."""
         return []

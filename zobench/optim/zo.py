@@ -10,10 +10,12 @@ Two engines (`engine`). `virtual` (default): the forwards see θ ± εz through 
 per step (optim/virtual.py), so θ is never written except by the update (bit-exact: a step with lr 0
 returns every parameter unchanged); θ + εz is formed per piece or per group, big matrix products
 and embedding lookups run block by block, so no temporary is larger than a piece or a group.
-`inplace`: MeZO's way, θ += εz, forward, θ −= 2εz, forward, then the restore and the update in one
-pass; θ returns only up to rounding, but the forwards are plain (no per-op hook), which is what a
-GPU's step time is made of. Either way z is made three times per step against MeZO's four.
-Fewer than three draws needs both forwards computed together, layer by layer.
+`inplace`: MeZO's way, θ += εz, forward, θ −= 2εz, forward; the restore and the update are folded
+into the next step's first perturbation (ZO2), so one pass over θ draws both directions and a step
+passes over θ twice (`settle` does a pending update before θ is read: the runner calls it before
+every evaluation). θ returns only up to rounding, but the forwards are plain (no per-op hook), which
+is what a GPU's step time is made of. Either way z is made three times per step against MeZO's
+four; fewer draws need both forwards computed together, layer by layer.
 
 A method is a subclass that says how z is drawn (`draw`, may read the method's state) and how
 the estimate becomes an update (`apply`, or `update` for methods that need more than g·z).
@@ -77,6 +79,8 @@ class ZOMethod(Method):
         self._control: Control | None = None  # set while the parameters are swapped for views (`probe`)
         self._layout: pieces_.Layout | None = None
         self._restore: tuple[int, float] | None = None  # (seed, α): θ still holds −α·z(seed) (engine inplace)
+        # (decay, [(seed, α), …]): the in-place engine's restore and update, left for the next step's first pass
+        self._pending: tuple[float, list[tuple[int, float]]] | None = None
         self._fuse = False  # inside `step` of plain SGD: the last restore may wait for `update`
         self._fused: fused_.FusedPass | None | bool = None  # the GPU kernel for in-place passes (None: not decided)
 
@@ -235,10 +239,20 @@ class ZOMethod(Method):
 
     @torch.no_grad()
     def query_inplace(self, loss_fn: LossFn, seed: int, base: float | None, last: bool) -> tuple[float, float]:
-        """`query` by perturbing θ in place. The last query's restore waits for the update, which does both
-        in one pass (plain SGD only): three draws of z per step against MeZO's four."""
+        """`query` by perturbing θ in place. The last query's restore waits for the update, and the update
+        (plain SGD) waits for the next step's first perturbation: one pass over θ draws both directions,
+        so a step reads and writes θ twice (ZO2's folding) and draws z three times (MeZO: four)."""
         eps = self.hp.eps
-        self.add_z(seed, eps)
+        pending, self._pending = self._pending, None
+        if pending is None:
+            self.add_z(seed, eps)
+        else:
+            keep, terms = pending
+            if keep != 1.0:
+                torch._foreach_mul_(self.params, keep)
+            for old_seed, alpha in terms[:-1]:
+                self.add_z(old_seed, alpha)
+            self.add_z(terms[-1][0], terms[-1][1], then=(seed, eps))
         plus = self.evaluate(loss_fn)
         if self.hp.one_sided:
             assert base is not None
@@ -253,6 +267,16 @@ class ZOMethod(Method):
             self.add_z(seed, restore)
         return g, loss
 
+    def settle(self) -> None:
+        """Do the update the in-place engine left for the next step, so θ is the stepped θ: the runner calls
+        this before every evaluation and at the end of training."""
+        if self._pending is not None:
+            (keep, terms), self._pending = self._pending, None
+            if keep != 1.0:
+                torch._foreach_mul_(self.params, keep)
+            for seed, alpha in terms:
+                self.add_z(seed, alpha)
+
     def finish_restore(self) -> None:
         """Undo a perturbation `query_inplace` left for the update (when no update follows)."""
         if self._restore is not None:
@@ -266,6 +290,8 @@ class ZOMethod(Method):
         self._sphere.clear()
         self._bases.clear()
         seeds = [int(s) for s in self._rng.integers(0, 2**62, size=self.hp.q)]
+        if self.hp.one_sided or self.needs_base or self.hp.engine != "inplace":
+            self.settle()  # L(θ) or a virtual forward must see the stepped θ
         self.begin_step()
         grads, losses = [], []
         if self.hp.engine == "inplace":
@@ -310,7 +336,8 @@ class ZOMethod(Method):
                 and cls.update is ZOMethod.update)
 
     @torch.no_grad()
-    def update(self, seeds: list[int], grads: list[float]) -> None:
+    def update(self, seeds: list[int], grads: list[float], defer: bool = False) -> None:
+        """θ ← the step's update; `defer` (in-place engine, plain SGD): keep it for the next step's first pass."""
         plain, hp, q = self.plain_sgd(), self.hp, len(seeds)
         if not plain:
             self.finish_restore()
@@ -319,26 +346,34 @@ class ZOMethod(Method):
             return
         # SGD θ ← (1 − η·wd)θ − η/q Σ_j g_j z_j, one pass per query (plus the in-place engine's restore)
         keep = 1 - hp.lr * hp.weight_decay
+        restore, self._restore = self._restore, None
+        terms = [(seed, (keep * restore[1] if restore is not None and restore[0] == seed else 0.0) - hp.lr * grad / q)
+                 for seed, grad in zip(seeds, grads, strict=True)]
+        if defer:
+            self._pending = (keep, terms)
+            return
         if hp.weight_decay:
             torch._foreach_mul_(self.params, keep)
-        restore, self._restore = self._restore, None
-        for seed, grad in zip(seeds, grads, strict=True):
-            back = keep * restore[1] if restore is not None and restore[0] == seed else 0.0
-            self.add_z(seed, back - hp.lr * grad / q)
+        for seed, alpha in terms:
+            self.add_z(seed, alpha)
 
     @torch.no_grad()
-    def add_z(self, seed: int, alpha: float) -> None:
-        """θ ← θ + α·z(seed) over every parameter: group by group and piece by piece for the engine's own
-        directions (nothing of a parameter's size is made), else through `direction`."""
+    def add_z(self, seed: int, alpha: float, then: tuple[int, float] | None = None) -> None:
+        """θ ← θ + α·z(seed) (+ β·z(seed₂) in the same pass, `then` = (seed₂, β)) over every parameter: group by
+        group and piece by piece for the engine's own directions (nothing of a parameter's size is made),
+        else through `direction`."""
+        terms = [(seed, alpha)] + ([then] if then is not None else [])
         if not self.plain_draw():
             for i, p in enumerate(self.params):
-                p.add_(self.direction(i, p, seed), alpha=alpha)
+                for s, a in terms:
+                    p.add_(self.direction(i, p, s), alpha=a)
             return
-        alpha *= self.sphere_scale(seed)
+        terms = [(s, a * self.sphere_scale(s)) for s, a in terms]
         kernel = self.fused()
         if kernel is not None:
             try:
-                kernel(self.params, list(range(len(self.params))), self._kind(), seed, alpha)
+                (seed1, alpha1), (seed2, alpha2) = terms[0], terms[1] if len(terms) > 1 else (None, 0.0)
+                kernel(self.params, list(range(len(self.params))), self._kind(), seed1, alpha1, seed2, alpha2)
                 return
             except Exception as e:  # noqa: BLE001  a kernel that cannot compile here: the torch path, said once
                 if self.t > 1 or self._restore is not None:
@@ -347,32 +382,40 @@ class ZOMethod(Method):
                 self._fused = False
         lay = self.layout()
         for g, members in enumerate(lay.members):
-            z = lay.split(self.group_draw(g, seed), g, self.params)
-            torch._foreach_add_([self.params[j] for j in members], z, alpha=alpha)
+            ps = [self.params[j] for j in members]
+            for s, a in terms:
+                torch._foreach_add_(ps, lay.split(self.group_draw(g, s), g, self.params), alpha=a)
         for i, p in enumerate(self.params):
             if lay.group_of[i] is not None:
                 continue
             if not p.is_contiguous():
-                p.add_(self.unscaled(i, p, seed), alpha=alpha)
+                for s, a in terms:
+                    p.add_(self.unscaled(i, p, s), alpha=a)
                 continue
             flat, width = p.view(-1), pieces_.rows_of(p.shape)[1]
-            for r0, r1, z in self.pieces(i, p, seed):
-                flat[r0 * width:r1 * width].add_(z.reshape(-1), alpha=alpha)
+            for parts in zip(*(self.pieces(i, p, s) for s, _ in terms), strict=True):  # a piece of each, in cache
+                for (r0, r1, z), (_, a) in zip(parts, terms, strict=True):
+                    flat[r0 * width:r1 * width].add_(z.reshape(-1), alpha=a)
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, loss_fn: LossFn) -> float:
-        self._fuse = self.plain_sgd()  # the in-place engine may leave its last restore to `update`
+        plain = self.plain_sgd()
+        self._fuse = plain  # the in-place engine may leave its last restore to `update`
         try:
             seeds, grads, loss = self.probe(loss_fn)
         finally:
             self._fuse = False
         with phase("update"):
-            self.update(seeds, grads)
+            if plain and self.hp.engine == "inplace":
+                self.update(seeds, grads, defer=True)  # done by the next step's first pass, or by `settle`
+            else:
+                self.update(seeds, grads)
         return loss
 
     @torch.no_grad()
     def gradient_estimate(self, loss_fn: LossFn) -> list[torch.Tensor]:
         """The step's gradient estimate as dense tensors, without updating (diagnostics and tests only)."""
+        self.settle()
         seeds, grads, _ = self.probe(loss_fn)
         self.finish_restore()
         return [self.estimate(i, p, seeds, grads) for i, p in enumerate(self.params)]
