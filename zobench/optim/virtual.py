@@ -9,21 +9,29 @@ bits of θ, so the map θ ↦ fl(θ + εz) is not invertible.
 Here θ is never written during the forward passes. Each trainable parameter is swapped (with
 `torch.utils.swap_tensors`, so every module that holds it sees the change) for a tensor subclass
 sharing θ's storage, whose `__torch_function__` hands each op the value `shift(θ)` — e.g.
-θ + εz(seed, i) regenerated on the spot — and frees it after the op. Peak extra memory is one
-parameter's worth at a time (as in MeZO, which also materialises z per parameter), nothing of the
-model's size is kept, and when the forward is done θ is bit-for-bit what it was. The only write
-to θ is the method's own update.
+θ + εz(seed, i) regenerated on the spot — and frees it after the op. Peak extra memory is a few
+pieces or groups (at most 2^18 numbers each on CPU, 2^24 on a GPU; MeZO materialises z per
+parameter), nothing of the model's size is kept, and when the forward is done θ is bit-for-bit
+what it was. The only write to θ is the method's own update. `PieceShift` is the engine's shift:
+θ + εz made per piece of a big tensor (matrix products and embedding lookups block by block) or per
+group of small ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch._C import DisableTorchFunctionSubclass
 from torch.utils import swap_tensors
 from torch.utils._pytree import tree_leaves, tree_map
+
+from zobench.optim.noise import rows_of
+
+if TYPE_CHECKING:
+    from zobench.optim.zo import ZOMethod
 
 Shift = Callable[[int, torch.Tensor], torch.Tensor]  # (parameter index, θ_i as a plain tensor) → value seen
 
@@ -161,3 +169,55 @@ def shifted(params: Sequence[torch.Tensor], shift: Shift | None) -> Iterator[Non
         return
     with swapped(params, Control(shift)):
         yield
+
+
+class PieceShift:
+    """θ_i ↦ θ_i + scale·z_i(seed) made piece by piece (no z of θ's size); `blocks` gives it row block by
+    row block, so `virtual` can run a big matrix product or embedding lookup without θ + εz whole."""
+
+    KEEP = 3  # groups' θ + εz kept at once: a layer reads its norms, attention and MLP out of order
+
+    def __init__(self, method: ZOMethod, seed: int, scale: float) -> None:
+        self.method, self.seed = method, seed
+        self.alpha = scale * method.sphere_scale(seed)  # before any piece: the sphere pass reseeds
+        self.groups: dict[int, list[torch.Tensor]] = {}
+
+    def group(self, g: int) -> list[torch.Tensor]:
+        """θ + αz for every member of group g: one draw, one copy of θ, one add (a fresh buffer each time,
+        so a view an op kept of an earlier group stays valid)."""
+        method, lay = self.method, self.method.layout()
+        ps = [method.params[j] for j in lay.members[g]]
+        flat = torch.cat([_plain(p).view(-1) for p in ps])
+        flat.add_(method.group_draw(g, self.seed), alpha=self.alpha)
+        return lay.split(flat, g, method.params)
+
+    def __call__(self, i: int, raw: torch.Tensor) -> torch.Tensor:
+        lay = self.method.layout()
+        g = lay.group_of[i]
+        if g is not None:  # the whole group's θ + εz at once, kept while its other members are read
+            kept = self.groups.pop(g, None)  # least recently used first: a hit moves to the end
+            self.groups[g] = kept if kept is not None else self.group(g)
+            if len(self.groups) > self.KEEP:
+                del self.groups[next(iter(self.groups))]
+            return self.groups[g][lay.position[i]]
+        out = torch.empty(raw.shape, dtype=raw.dtype, device=raw.device)
+        src = raw.contiguous().view(-1)
+        dst, width = out.view(-1), rows_of(raw.shape)[1]
+        for r0, r1, z in self.method.pieces(i, raw, self.seed):
+            torch.add(src[r0 * width:r1 * width], z.reshape(-1), alpha=self.alpha, out=dst[r0 * width:r1 * width])
+        return out
+
+    def blocks(self, i: int, raw: torch.Tensor,
+               rows: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]] | None:
+        """(r0, r1, rows r0..r1 of θ_i + scale·z_i) for a matrix θ_i, only blocks holding `rows` if given;
+        the block is reused, use it at once. None for a grouped parameter: it comes whole."""
+        if self.method.layout().group_of[i] is not None:
+            return None
+        return ((r0, r1, torch.add(raw[r0:r1], z, alpha=self.alpha, out=z))
+                for r0, r1, z in self.method.pieces(i, raw, self.seed, rows))
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """θ's own numbers, also while θ is swapped for its view."""
+    with DisableTorchFunctionSubclass():
+        return t.as_subclass(torch.Tensor) if type(t) is not torch.Tensor else t

@@ -38,7 +38,7 @@ from zobench.measure import phase
 from zobench.optim import fused as fused_
 from zobench.optim import noise as pieces_
 from zobench.optim.base import LossFn, Method, MethodParams
-from zobench.optim.virtual import Control, Shift, swapped
+from zobench.optim.virtual import Control, PieceShift, Shift, swapped
 
 _MIX = 0x9E3779B97F4A7C15  # odd constant: spreads (seed, index) pairs over the seed space
 _CPU = torch.device("cpu")
@@ -133,13 +133,12 @@ class ZOMethod(Method):
             self._layout = pieces_.Layout(self.params)
         return self._layout
 
-    def group_draw(self, g: int, seed: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Group g's z for the query `seed`: one draw for all its (small) parameters, flat."""
+    def group_draw(self, g: int, seed: int) -> torch.Tensor:
+        """Group g's z for the query `seed`: one draw for all its (small) parameters, flat and fresh."""
         lay = self.layout()
         first = self.params[lay.members[g][0]]
-        if out is None:
-            out = torch.empty(lay.size[g], dtype=first.dtype, device=first.device)
-        return pieces_.piece_(out[:lay.size[g]], self._kind(), self.piece_base(lay.members[g][0], first, seed), 0)
+        out = torch.empty(lay.size[g], dtype=first.dtype, device=first.device)
+        return pieces_.piece_(out, self._kind(), self.piece_base(lay.members[g][0], first, seed), 0)
 
     def pieces(self, i: int, p: torch.Tensor, seed: int,
                rows: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -419,57 +418,3 @@ class ZOMethod(Method):
         seeds, grads, _ = self.probe(loss_fn)
         self.finish_restore()
         return [self.estimate(i, p, seeds, grads) for i, p in enumerate(self.params)]
-
-
-class PieceShift:
-    """θ_i ↦ θ_i + scale·z_i(seed) made piece by piece (no z of θ's size); `blocks` gives it row block by
-    row block, so `virtual` can run a big matrix product or embedding lookup without θ + εz whole."""
-
-    KEEP = 3  # groups' θ + εz kept at once: a layer reads its norms, attention and MLP out of order
-
-    def __init__(self, method: ZOMethod, seed: int, scale: float) -> None:
-        self.method, self.seed = method, seed
-        self.alpha = scale * method.sphere_scale(seed)  # before any piece: the sphere pass reseeds
-        self.groups: dict[int, list[torch.Tensor]] = {}
-
-    def group(self, g: int) -> list[torch.Tensor]:
-        """θ + αz for every member of group g: one draw, one copy of θ, one add (a fresh buffer each time,
-        so a view an op kept of an earlier group stays valid)."""
-        method, lay = self.method, self.method.layout()
-        ps = [method.params[j] for j in lay.members[g]]
-        flat = torch.cat([_plain(p).view(-1) for p in ps])
-        flat.add_(method.group_draw(g, self.seed), alpha=self.alpha)
-        return lay.split(flat, g, method.params)
-
-    def __call__(self, i: int, raw: torch.Tensor) -> torch.Tensor:
-        lay = self.method.layout()
-        g = lay.group_of[i]
-        if g is not None:  # the whole group's θ + εz at once, kept while its other members are read
-            kept = self.groups.pop(g, None)  # least recently used first: a hit moves to the end
-            self.groups[g] = kept if kept is not None else self.group(g)
-            if len(self.groups) > self.KEEP:
-                del self.groups[next(iter(self.groups))]
-            return self.groups[g][lay.position[i]]
-        out = torch.empty(raw.shape, dtype=raw.dtype, device=raw.device)
-        src = raw.contiguous().view(-1)
-        dst, width = out.view(-1), pieces_.rows_of(raw.shape)[1]
-        for r0, r1, z in self.method.pieces(i, raw, self.seed):
-            torch.add(src[r0 * width:r1 * width], z.reshape(-1), alpha=self.alpha, out=dst[r0 * width:r1 * width])
-        return out
-
-    def blocks(self, i: int, raw: torch.Tensor,
-               rows: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]] | None:
-        """(r0, r1, rows r0..r1 of θ_i + scale·z_i) for a matrix θ_i, only blocks holding `rows` if given;
-        the block is reused, use it at once. None for a grouped parameter: it comes whole."""
-        if self.method.layout().group_of[i] is not None:
-            return None
-        return ((r0, r1, torch.add(raw[r0:r1], z, alpha=self.alpha, out=z))
-                for r0, r1, z in self.method.pieces(i, raw, self.seed, rows))
-
-
-def _plain(t: torch.Tensor) -> torch.Tensor:
-    """θ's own numbers, also while θ is swapped for its view (`virtual`)."""
-    from torch._C import DisableTorchFunctionSubclass
-
-    with DisableTorchFunctionSubclass():
-        return t.as_subclass(torch.Tensor) if type(t) is not torch.Tensor else t
