@@ -211,6 +211,12 @@ def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
         cell = {"model": model[0], "task": task[0], "method": method[0], "scheme": scheme[0], "seed": seed}
         if any(_matches(rule, cell) for rule in suite.exclude):
             continue
+        incompatible = getattr(registry.methods.get(method[0].name), "incompatible", None)
+        reason = incompatible(task[0].name, task[0].params) if incompatible else None
+        if reason:
+            raise UserError(f"{where(path, lines, method[2])}: method '{method[0].label}' {reason}; it meets task "
+                            f"'{task[0].label}' in the grid: add `exclude: [{{method: {method[0].label}, task: "
+                            f"{task[0].label}}}]` or give it its own suite")
         comps = [c for _, c, _ in (model, task, method, scheme)]
         locs = [lo for _, _, lo in (model, task, method, scheme)]
         spec = RunSpec(suite=suite.name, settings=_settings(suite, comps, path, lines, locs, data_dir), **cell)

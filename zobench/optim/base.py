@@ -21,7 +21,21 @@ class Method:
 
     Params: ClassVar[type[MethodParams]] = MethodParams
     needs_grad: ClassVar[bool] = False
+    differentiates: ClassVar[bool] = False  # needs a differentiable objective (backward or jvp), besides needs_grad
+    only_tasks: ClassVar[tuple[str, ...]] = ()  # the tasks it can train, when not every task
     registered_name: ClassVar[str] = ""
+
+    @classmethod
+    def incompatible(cls, task: str, task_params: dict) -> str | None:
+        """Why this method cannot train this task (None: it can), asked for every cell at planning time,
+        so a suite fails at once with the fix instead of runs failing one by one."""
+        if cls.only_tasks and task not in cls.only_tasks:
+            return f"trains only the task(s) {', '.join(cls.only_tasks)}"
+        objective = task_params.get("objective", "loss")
+        if (cls.needs_grad or cls.differentiates) and objective != "loss":
+            return (f"needs a differentiable objective, and this task's objective is '{objective}' "
+                    "(use a zeroth-order method, or objective: loss)")
+        return None
 
     def __init__(self, params: list[torch.nn.Parameter], hp: MethodParams, seed: int) -> None:
         self.params = [p for p in params if p.requires_grad]

@@ -143,6 +143,7 @@ class AttentionPGD(Method):
     Params = AttentionPGDParams
     hp: AttentionPGDParams
     needs_grad = True
+    only_tasks = ("attention-regression",)
 
     def __init__(self, params: list[torch.nn.Parameter], hp: AttentionPGDParams, seed: int) -> None:
         super().__init__(params, hp, seed)
