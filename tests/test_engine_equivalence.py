@@ -60,6 +60,27 @@ def four_pass_step(model: torch.nn.Module, directions, loss_fn, seeds: list[int]
     return sum(losses) / len(losses)
 
 
+def follow_four_pass(fast_model, ref_model, fast, ref, ids, steps: int, rel: float, atol: float) -> None:
+    """Step `fast` and the four-pass reference side by side with the same seeds: losses every step (the
+    in-place engine's folded update included), parameters every step for the virtual engine and after
+    `settle` for both."""
+    seen: list[int] = []
+    probe = fast.probe
+    fast.probe = lambda loss_fn: (found := probe(loss_fn), seen.extend(found[0]))[0]
+    for _ in range(steps):
+        seen.clear()
+        loss_fast = fast.step(lambda: fast_model(ids, labels=ids).loss)
+        assert len(seen) == fast.hp.q
+        loss_ref = four_pass_step(ref_model, ref.direction, lambda: ref_model(ids, labels=ids).loss, list(seen), ref.hp)
+        assert loss_fast == pytest.approx(loss_ref, rel=rel)
+        if fast.hp.engine == "virtual":
+            for a, b in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
+                torch.testing.assert_close(a, b, rtol=rel, atol=atol)
+    fast.settle()  # the in-place engine's last update waits for a next step: settle does it
+    for a, b in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=rel, atol=atol)
+
+
 @pytest.mark.parametrize("hp", [{}, {"direction": "rademacher"}, {"q": 2}, {"direction": "sphere"},
                                 {"weight_decay": 0.1}, {"engine": "inplace"},
                                 {"engine": "inplace", "q": 2, "weight_decay": 0.1, "direction": "rademacher"}],
@@ -71,23 +92,7 @@ def test_fast_engine_follows_the_four_pass_trajectory(hp, monkeypatch):
     ref_model = copy.deepcopy(fast_model)
     ids = torch.randint(0, 300, (4, 12), generator=torch.Generator().manual_seed(1))
     fast, ref = method_for(fast_model, **hp), method_for(ref_model, **hp)
-    seen: list[int] = []
-    probe = fast.probe
-    fast.probe = lambda loss_fn: (found := probe(loss_fn), seen.extend(found[0]))[0]
-
-    for _ in range(5):
-        seen.clear()
-        loss_fast = fast.step(lambda: fast_model(ids, labels=ids).loss)
-        seeds = list(seen)
-        assert len(seeds) == fast.hp.q
-        loss_ref = four_pass_step(ref_model, ref.direction, lambda: ref_model(ids, labels=ids).loss, seeds, ref.hp)
-        assert loss_fast == pytest.approx(loss_ref, rel=1e-5)  # the in-place engine's folded update included
-        if fast.hp.engine == "virtual":
-            for a, b in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    fast.settle()  # the in-place engine's last update waits for a next step: settle does it
-    for a, b in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    follow_four_pass(fast_model, ref_model, fast, ref, ids, steps=5, rel=1e-5, atol=1e-6)
     moved = sum(float((a - b).detach().abs().sum()) for a, b in zip(fast_model.parameters(), tiny_llama().parameters(),
                                                             strict=True))
     assert moved > 0  # the trajectory went somewhere

@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from test_engine_equivalence import four_pass_step, method_for, tiny_llama
+from test_engine_equivalence import follow_four_pass, method_for, tiny_llama
 
 from zobench.optim import fused
 
@@ -54,17 +54,7 @@ def test_engines_follow_the_four_pass_trajectory_on_the_gpu(hp):
     fast, ref = method_for(fast_model, **hp), method_for(ref_model, **hp)
     if hp["engine"] == "inplace":
         assert (fast.fused() is not None) == (hp.get("direction") == "rademacher")  # the kernel: Rademacher only
-    seen: list[int] = []
-    probe = fast.probe
-    fast.probe = lambda loss_fn: (found := probe(loss_fn), seen.extend(found[0]))[0]
-    for _ in range(3):
-        seen.clear()
-        loss_fast = fast.step(lambda: fast_model(ids, labels=ids).loss)
-        loss_ref = four_pass_step(ref_model, ref.direction, lambda: ref_model(ids, labels=ids).loss, list(seen), ref.hp)
-        assert loss_fast == pytest.approx(loss_ref, rel=1e-4)
-    fast.settle()
-    for a, b in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    follow_four_pass(fast_model, ref_model, fast, ref, ids, steps=3, rel=1e-4, atol=1e-5)
 
 
 def test_virtual_engine_leaves_bf16_weights_bit_identical_with_lr_zero():
