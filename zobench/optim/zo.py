@@ -242,16 +242,7 @@ class ZOMethod(Method):
         (plain SGD) waits for the next step's first perturbation: one pass over θ draws both directions,
         so a step reads and writes θ twice (ZO2's folding) and draws z three times (MeZO: four)."""
         eps = self.hp.eps
-        pending, self._pending = self._pending, None
-        if pending is None:
-            self.add_z(seed, eps)
-        else:
-            keep, terms = pending
-            if keep != 1.0:
-                torch._foreach_mul_(self.params, keep)
-            for old_seed, alpha in terms[:-1]:
-                self.add_z(old_seed, alpha)
-            self.add_z(terms[-1][0], terms[-1][1], then=(seed, eps))
+        self.settle(then=(seed, eps))  # the last step's update and this perturbation, in one pass
         plus = self.evaluate(loss_fn)
         if self.hp.one_sided:
             assert base is not None
@@ -266,15 +257,21 @@ class ZOMethod(Method):
             self.add_z(seed, restore)
         return g, loss
 
-    def settle(self) -> None:
+    def settle(self, then: tuple[int, float] | None = None) -> None:
         """Do the update the in-place engine left for the next step, so θ is the stepped θ: the runner calls
-        this before every evaluation and at the end of training."""
-        if self._pending is not None:
-            (keep, terms), self._pending = self._pending, None
-            if keep != 1.0:
-                torch._foreach_mul_(self.params, keep)
-            for seed, alpha in terms:
-                self.add_z(seed, alpha)
+        this before every evaluation and at the end of training. `then` = (seed, α): also add α·z(seed),
+        in the same pass as the update's last direction."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            if then is not None:
+                self.add_z(*then)
+            return
+        keep, terms = pending
+        if keep != 1.0:
+            torch._foreach_mul_(self.params, keep)
+        for seed, alpha in terms[:-1]:
+            self.add_z(seed, alpha)
+        self.add_z(*terms[-1], then=then)
 
     def finish_restore(self) -> None:
         """Undo a perturbation `query_inplace` left for the update (when no update follows)."""
