@@ -85,3 +85,21 @@ def test_bad_target_modules_is_a_user_error():
     bundle = registry.models.get("tiny").load({"config": TINY_LLAMA}, CPU, 0)
     with pytest.raises(UserError, match="target_modules"):
         registry.schemes.get("lora").apply(bundle.model, {"target_modules": ["no_such_layer"]})
+
+
+TINY_OPT = {"model_type": "opt", "hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "word_embed_proj_dim": 32, "max_position_embeddings": 128}
+
+
+@pytest.mark.parametrize("config", [TINY_LLAMA, TINY_OPT], ids=["llama", "opt"])
+@pytest.mark.parametrize("scheme,params", SCHEMES)
+def test_an_examples_scores_do_not_depend_on_the_padding_its_batch_adds(config, scheme, params):
+    """Left padding (scoring puts the options last) must not move positions: an example scores the same
+    alone and beside a longer one — also under prompt tuning, whose peft forward drops position_ids."""
+    model, tok, _ = wrapped(config, "bytes", scheme, params)
+    short = Choice("fun", [" bad", " good"], 1)
+    long = Choice("a much longer and rather dull review of a film", [" bad", " good"], 0)
+    with torch.no_grad():
+        alone = option_scores(model, encode([short], tok, 96, CPU))
+        together = option_scores(model, encode([short, long], tok, 96, CPU))
+    torch.testing.assert_close(together[0], alone[0], rtol=1e-6, atol=1e-6)  # llama + prompt was 1.5e-4 off

@@ -4,8 +4,8 @@
 first-order) sees only those as trainable: ZO perturbs nothing else. Defaults follow MeZO
 (LoRA r=8, alpha=16 on the attention query/value projections; 5 prefix tokens) and ZO-Bench
 (prompt tuning with 10 virtual tokens). peft's prefix tuning stands in for MeZO's own (which can
-initialise prefixes from real activations); peft's prompt tuning ignores position ids, so with left
-padding the positions count the padding too.
+initialise prefixes from real activations). peft's prompt tuning drops position ids, so the causal
+scorer (tasks/scoring.py) prepends the soft prompt itself, with positions that skip the left padding.
 """
 
 from __future__ import annotations

@@ -101,9 +101,20 @@ def option_logprobs(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torc
     kwargs: dict[str, Any] = {}
     if _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = keep
-    if _accepts(model, "position_ids") and not prompt_learning(model):  # peft prompt tuning drops them
-        kwargs["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    virtual = prompt_learning(model)
+    if virtual and _accepts(model, "position_ids"):
+        # peft's prompt tuning drops position_ids, so left padding would sit between the soft prompt and
+        # the text and move the text's positions: prepend the prompt here, as peft does, with positions
+        words = model.get_input_embeddings()(ids)
+        embeds = torch.cat([model.get_prompt(batch_size=ids.shape[0]).to(words.dtype), words], dim=1)
+        mask = torch.cat([attn.new_ones(ids.shape[0], virtual), attn], dim=1)
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = _base(model)(inputs_embeds=embeds, attention_mask=mask, **kwargs).logits
+    else:
+        if _accepts(model, "position_ids"):
+            kwargs["position_ids"] = (attn.cumsum(-1) - 1).clamp(min=0)  # left padding
+        logits = model(input_ids=ids, attention_mask=attn, **kwargs).logits
     logits = logits[:, -keep:-1]
     targets = batch["input_ids"][:, -keep + 1:]
     mask = batch["option_mask"][:, -keep + 1:].float()
