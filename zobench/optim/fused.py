@@ -100,6 +100,7 @@ class FusedPass:
 
     def __init__(self) -> None:
         self._tables: dict[tuple, tuple[torch.Tensor, ...]] = {}
+        self.ran = False  # a launch went through: z has come from the kernel since
 
     def _table(self, tensors: list[torch.Tensor], indices: list[int]) -> tuple[torch.Tensor, ...]:
         key = tuple((t.data_ptr(), t.numel()) for t in tensors) + tuple(indices)
@@ -134,3 +135,4 @@ class FusedPass:
                 ptrs, sizes, idx, block_tensor, block_start, (seed % _HIGH) | _HIGH, float(alpha),
                 ((seed2 or 0) % _HIGH) | _HIGH, float(alpha2), TWO=seed2 is not None,
                 RADEMACHER=kind == "rademacher", DTYPE=_tl_dtype(dtype), BLOCK=BLOCK)
+        self.ran = True

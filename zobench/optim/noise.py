@@ -125,9 +125,8 @@ class Layout:
                 self.offset.append(0)
                 self.position.append(0)
                 continue
-            last = self.members[-1][-1] if self.members else None
-            fits = (last is not None and last == i - 1 and self.group_of[last] is not None
-                    and params[last].dtype == p.dtype and params[last].device == p.device
+            last = self.members[-1][-1] if self.members else None  # groups hold neighbours only
+            fits = (last == i - 1 and params[last].dtype == p.dtype and params[last].device == p.device
                     and self.size[-1] + p.numel() <= chunk(p.device))
             if not fits:
                 self.members.append([])

@@ -273,13 +273,6 @@ class ZOMethod(Method):
             self.add_z(seed, alpha)
         self.add_z(*terms[-1], then=then)
 
-    def finish_restore(self) -> None:
-        """Undo a perturbation `query_inplace` left for the update (when no update follows)."""
-        if self._restore is not None:
-            seed, alpha = self._restore
-            self._restore = None
-            self.add_z(seed, alpha)
-
     def probe(self, loss_fn: LossFn) -> tuple[list[int], list[float], float]:
         """Draw the step's q seeds and measure each projected gradient. Returns (seeds, grads, loss)."""
         self.t += 1
@@ -336,7 +329,6 @@ class ZOMethod(Method):
         """θ ← the step's update; `defer` (in-place engine, plain SGD): keep it for the next step's first pass."""
         plain, hp, q = self.plain_sgd(), self.hp, len(seeds)
         if not plain:
-            self.finish_restore()
             for i, p in enumerate(self.params):
                 self.apply(i, p, self.estimate(i, p, seeds, grads))
             return
@@ -372,8 +364,8 @@ class ZOMethod(Method):
                 kernel(self.params, list(range(len(self.params))), self._kind(), seed1, alpha1, seed2, alpha2)
                 return
             except Exception as e:  # noqa: BLE001  a kernel that cannot compile here: the torch path, said once
-                if self.t > 1 or self._restore is not None:
-                    raise  # z already came from the kernel this step: switching now would change it
+                if kernel.ran:
+                    raise  # z already came from the kernel: switching now would change it
                 warnings.warn(f"fused ZO kernel unavailable ({type(e).__name__}: {e}); using torch ops", stacklevel=2)
                 self._fused = False
         lay = self.layout()
@@ -412,6 +404,5 @@ class ZOMethod(Method):
     def gradient_estimate(self, loss_fn: LossFn) -> list[torch.Tensor]:
         """The step's gradient estimate as dense tensors, without updating (diagnostics and tests only)."""
         self.settle()
-        seeds, grads, _ = self.probe(loss_fn)
-        self.finish_restore()
+        seeds, grads, _ = self.probe(loss_fn)  # outside `step`: every restore is done inside the probe
         return [self.estimate(i, p, seeds, grads) for i, p in enumerate(self.params)]
