@@ -83,8 +83,12 @@ def follow_four_pass(fast_model, ref_model, fast, ref, ids, steps: int, rel: flo
 
 @pytest.mark.parametrize("hp", [{}, {"direction": "rademacher"}, {"q": 2}, {"direction": "sphere"},
                                 {"weight_decay": 0.1}, {"engine": "inplace"},
-                                {"engine": "inplace", "q": 2, "weight_decay": 0.1, "direction": "rademacher"}],
-                         ids=["gaussian", "rademacher", "q2", "sphere", "decay", "inplace", "inplace-q2-decay"])
+                                {"engine": "inplace", "q": 2, "weight_decay": 0.1, "direction": "rademacher"},
+                                {"rng": "counter"}, {"engine": "inplace", "rng": "counter"},
+                                {"engine": "inplace", "rng": "counter", "q": 2, "weight_decay": 0.1,
+                                 "direction": "rademacher"}],
+                         ids=["gaussian", "rademacher", "q2", "sphere", "decay", "inplace", "inplace-q2-decay",
+                              "counter", "inplace-counter", "inplace-counter-q2-decay-rademacher"])
 def test_fast_engine_follows_the_four_pass_trajectory(hp, monkeypatch):
     monkeypatch.setattr(virtual, "BLOCKWISE_MIN", 1000)  # the tiny model's big matrices go block by block
     monkeypatch.setattr(noise, "CHUNK", 500)  # and every tensor of more than 500 numbers comes in pieces
@@ -131,7 +135,8 @@ def test_an_embedding_lookup_draws_only_the_pieces_it_reads(monkeypatch):
     method = method_for(emb)
     drawn: list[int] = []
     piece = noise.piece_
-    monkeypatch.setattr(noise, "piece_", lambda out, kind, base, k: (drawn.append(k), piece(out, kind, base, k))[1])
+    monkeypatch.setattr(noise, "piece_", lambda out, kind, base, k, *start: (drawn.append(k),
+                                                                         piece(out, kind, base, k, *start))[1])
     ids = torch.tensor([[3, 4, 250], [251, 3, 299]])
     seen = method.evaluate(lambda: emb(ids).sum(), method.along(4, 0.5))
     assert sorted(drawn) == [0, 25, 29]

@@ -202,11 +202,15 @@ def test_forward_passes_per_step(name, hp, passes):
 
 
 # --------------------------------------------------------------------------- 4. seeds
-@pytest.mark.parametrize("name", ZO)
-def test_same_seed_same_result_other_seed_different(name):
+SEEDED = [(n, {}) for n in ZO] + [("zo-sgd", {"rng": "counter"}), ("zo-sgd", {"rng": "counter", "engine": "inplace"}),
+                                   ("zo-adam", {"rng": "counter", "direction": "rademacher"})]
+
+
+@pytest.mark.parametrize(("name", "hp"), SEEDED, ids=[f"{n}{hp or ''}" for n, hp in SEEDED])
+def test_same_seed_same_result_other_seed_different(name, hp):
     def run(seed: int) -> list[torch.Tensor]:
         net, loss_fn = mlp()
-        method = make(name, list(net.parameters()), seed=seed, lr=0.05, q=2 if name != "cge" else 5)
+        method = make(name, list(net.parameters()), seed=seed, lr=0.05, q=2 if name != "cge" else 5, **hp)
         for _ in range(3):
             method.step(loss_fn)
         return [p.detach().clone() for p in net.parameters()]

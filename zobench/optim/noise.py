@@ -20,6 +20,9 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from zobench.optim import counter
+
+COUNTER = "+counter"  # a kind's suffix: its numbers come from optim/counter.py, not a torch.Generator
 CHUNK = 1 << 18  # numbers per piece on CPU: 1 MiB of float32, stays in cache while it is added to θ
 CUDA_CHUNK = 1 << 24  # on a GPU a piece costs kernel launches, not cache: 32 MiB of bf16, still a fraction
 _MIX = 0xD1B54A32D192ED03  # odd constant: spreads (base, piece) pairs over the seed space
@@ -72,8 +75,11 @@ def rademacher_(out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def piece_(out: torch.Tensor, kind: str, base: int, k: int) -> torch.Tensor:
-    """Piece k of the tensor seeded by `base`: 'rademacher' ±1, else standard Gaussian."""
+def piece_(out: torch.Tensor, kind: str, base: int, k: int, start: int = 0) -> torch.Tensor:
+    """Piece k of the tensor seeded by `base`: 'rademacher' ±1, else standard Gaussian. A kind ending in
+    '+counter' is made by optim/counter.py's hash of each number's position (`start`: the piece's first)."""
+    if kind.endswith(COUNTER):
+        return counter.fill_(out, kind.removesuffix(COUNTER), base, start)
     gen = _GENERATORS.get(out.device)
     if gen is None:
         gen = _GENERATORS[out.device] = torch.Generator(device=out.device)
@@ -93,7 +99,7 @@ def pieces(shape: torch.Size, dtype: torch.dtype, device: torch.device, kind: st
     buffer = torch.empty(min(rows, step) * width, dtype=dtype, device=device)
     for k in range(count) if only is None else sorted(set(only)):
         r0, r1 = k * step, min(rows, (k + 1) * step)
-        z = piece_(buffer[:(r1 - r0) * width], kind, base, k)
+        z = piece_(buffer[:(r1 - r0) * width], kind, base, k, r0 * width)
         yield r0, r1, z.view(r1 - r0, *shape[1:]) if len(shape) >= 2 else z
 
 
@@ -102,7 +108,7 @@ def fill(shape: torch.Size, dtype: torch.dtype, device: torch.device, kind: str,
     out = torch.empty(shape, dtype=dtype, device=device)
     flat, (rows, width), step = out.view(-1), rows_of(shape), rows_per_piece(shape, device)
     for k, r0 in enumerate(range(0, rows, step)):
-        piece_(flat[r0 * width:min(rows, r0 + step) * width], kind, base, k)
+        piece_(flat[r0 * width:min(rows, r0 + step) * width], kind, base, k, r0 * width)
     return out
 
 

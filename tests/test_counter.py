@@ -1,0 +1,93 @@
+"""`rng: counter`: z from a hash of each number's position, compiled or eager, piece by piece or whole."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from zobench.optim import counter, noise
+
+CPU = torch.device("cpu")
+
+
+def whole(kind: str, n: int, base: int) -> torch.Tensor:
+    return counter.fill_(torch.empty(n), kind, base)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_compiled_and_eager_make_the_same_numbers_and_any_stretch_alone(kind, monkeypatch):
+    z = whole(kind, 10_007, 42)
+    for start, n in [(0, 1), (5, 3000), (9_000, 1_007)]:  # any stretch alone equals the whole's
+        assert torch.equal(counter.fill_(torch.empty(n), kind, 42, start), z[start:start + n])
+    monkeypatch.setattr(counter, "_EAGER_ONLY", {"cpu"})  # what a machine without a compiler runs
+    eager = whole(kind, 10_007, 42)
+    if kind == "rademacher":
+        assert torch.equal(eager, z)
+    else:  # log and cos vectorised vs libm: an ulp apart
+        torch.testing.assert_close(eager, z, rtol=1e-6, atol=1e-6)
+
+
+def test_a_failed_compile_warns_once_and_gives_the_same_numbers(monkeypatch):
+    expected = whole("gaussian", 1000, 3)
+    monkeypatch.setattr(counter, "_COMPILED", {})
+    monkeypatch.setattr(counter, "_EAGER_ONLY", set())
+
+    def broken(fn, **_):
+        def call(*args):
+            raise RuntimeError("no C++ compiler")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(UserWarning, match="could not compile"):
+        got = whole("gaussian", 1000, 3)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    theta = torch.zeros(1000)
+    counter.add_(theta, "gaussian", 0, 3, 2.0)  # no second warning: this device is eager from now on
+    torch.testing.assert_close(theta, 2 * expected, rtol=1e-6, atol=1e-6)
+
+
+def test_gaussian_numbers_are_standard_normal():
+    z = whole("gaussian", 1 << 20, 7).double()
+    n = z.numel()
+    assert abs(float(z.mean())) < 5 / math.sqrt(n)
+    assert float(z.var()) == pytest.approx(1.0, abs=5 * math.sqrt(2 / n))
+    assert float((z**4).mean()) == pytest.approx(3.0, abs=5 * math.sqrt(96 / n))  # kurtosis of a normal
+    assert float((z > 1.96).double().mean()) == pytest.approx(0.025, abs=5 * math.sqrt(0.025 / n))
+    assert float(z.abs().max()) > 4.0  # the tails are there (24-bit uniforms reach ≈ 5.8 σ)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_neighbours_and_neighbouring_seeds_are_uncorrelated(kind):
+    n = 1 << 18
+    z, other = whole(kind, n, 100), whole(kind, n, 101)
+    bound = 5 / math.sqrt(n)
+    assert abs(float((z[1:] * z[:-1]).mean())) < bound
+    assert abs(float((z * other).mean())) < bound
+    if kind == "rademacher":
+        assert set(z.unique().tolist()) == {-1.0, 1.0}
+        assert abs(float(z.mean())) < bound
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_one_pass_adds_both_directions(kind):
+    theta = torch.randn(5000, generator=torch.Generator().manual_seed(0))
+    expected = theta + 0.3 * whole(kind, 5000, 11) - 1.5 * whole(kind, 5000, 12)
+    counter.add_(theta, kind, 0, 11, 0.3, 12, -1.5)
+    torch.testing.assert_close(theta, expected, rtol=1e-6, atol=1e-6)
+    part = torch.zeros(100)
+    counter.add_(part, kind, 400, 11, 1.0)  # a tensor packed at offset 400 of its group's draw
+    assert torch.equal(part, whole(kind, 5000, 11)[400:500])
+
+
+def test_the_counter_kind_flows_through_pieces_and_groups(monkeypatch):
+    monkeypatch.setattr(noise, "CHUNK", 1000)
+    shape = torch.Size([70, 33])  # pieces of 30 rows: 990 numbers
+    full = noise.fill(shape, torch.float32, CPU, "gaussian+counter", 9)
+    assert torch.equal(full.view(-1), whole("gaussian", 70 * 33, 9))
+    parts = torch.cat([z.reshape(-1).clone() for _, _, z in noise.pieces(shape, torch.float32, CPU,
+                                                                         "gaussian+counter", 9)])
+    assert torch.equal(parts, full.view(-1))
+    bf16 = noise.fill(shape, torch.bfloat16, CPU, "gaussian+counter", 9)
+    assert torch.equal(bf16, full.to(torch.bfloat16))  # other dtypes: the same numbers, rounded
