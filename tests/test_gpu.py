@@ -43,8 +43,9 @@ def test_fused_kernel_draws_unit_directions_repeatably(kind):
 
 @pytest.mark.parametrize("hp", [{"engine": "inplace", "direction": "rademacher"}, {"engine": "inplace", "q": 2},
                                 {"engine": "inplace", "direction": "rademacher", "q": 2, "weight_decay": 0.1},
-                                {"engine": "virtual"}],
-                         ids=["inplace-rademacher", "inplace-gaussian-q2", "inplace-rademacher-q2-decay", "virtual"])
+                                {"engine": "virtual"}, {"engine": "inplace", "rng": "counter", "q": 2}],
+                         ids=["inplace-rademacher", "inplace-gaussian-q2", "inplace-rademacher-q2-decay", "virtual",
+                              "inplace-counter-q2"])
 def test_engines_follow_the_four_pass_trajectory_on_the_gpu(hp):
     if hp["engine"] == "inplace":
         needs_triton()
@@ -66,3 +67,18 @@ def test_virtual_engine_leaves_bf16_weights_bit_identical_with_lr_zero():
     for _ in range(3):
         method.step(lambda: model(ids, labels=ids).loss)
     assert all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_counter_directions_are_the_same_numbers_on_the_gpu(kind):
+    """`rng: counter` hashes positions: the GPU (Triton through torch.compile) makes the CPU's numbers."""
+    needs_triton()
+    from zobench.optim import counter
+
+    cpu = counter.fill_(torch.empty(1_000_003), kind, 77, 5)
+    gpu = counter.fill_(torch.empty(1_000_003, device="cuda"), kind, 77, 5).cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-5)
+    theta = torch.zeros(1_000_003, device="cuda")
+    counter.add_(theta, kind, 5, 77, 0.5, 78, -2.0)
+    both = 0.5 * cpu - 2.0 * counter.fill_(torch.empty(1_000_003), kind, 78, 5)
+    torch.testing.assert_close(theta.cpu(), both, rtol=1e-5, atol=1e-5)

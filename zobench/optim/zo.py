@@ -15,7 +15,9 @@ into the next step's first perturbation (ZO2), so one pass over θ draws both di
 passes over θ twice (`settle` does a pending update before θ is read: the runner calls it before
 every evaluation). θ returns only up to rounding, but the forwards are plain (no per-op hook), which
 is what a GPU's step time is made of. Either way z is made three times per step against MeZO's
-four; fewer draws need both forwards computed together, layer by layer.
+four; fewer draws need both forwards computed together, layer by layer. `rng: counter` makes z's
+numbers from a hash of their position (optim/counter.py) instead of torch's sequential generator:
+compiled, the in-place engine's passes draw, scale and add in one loop per tensor on every core.
 
 A method is a subclass that says how z is drawn (`draw`, may read the method's state) and how
 the estimate becomes an update (`apply`, or `update` for methods that need more than g·z).
@@ -375,19 +377,7 @@ class ZOMethod(Method):
                 warnings.warn(f"fused ZO kernel unavailable ({type(e).__name__}: {e}); using torch ops", stacklevel=2)
                 self._fused = False
         lay = self.layout()
-        if self.hp.rng == "counter":  # numbers made, scaled and added in one compiled loop per tensor
-            kind = self._kind().removesuffix(pieces_.COUNTER)
-            for i, p in enumerate(self.params):
-                g = lay.group_of[i]
-                first, start = (i, 0) if g is None else (lay.members[g][0], lay.offset[i])
-                bases = [(self.piece_base(first, self.params[first], s), a) for s, a in terms]
-                if p.is_contiguous():
-                    counter.add_(p.view(-1), kind, start, *bases[0], *(bases[1] if len(bases) > 1 else ()))
-                else:
-                    for s, a in terms:
-                        p.add_(self.unscaled(i, p, s), alpha=a)
-            return
-        for g, members in enumerate(lay.members):
+        for g, members in enumerate(lay.members):  # small tensors: one draw per group, one _foreach add
             ps = [self.params[j] for j in members]
             for s, a in terms:
                 torch._foreach_add_(ps, lay.split(self.group_draw(g, s), g, self.params), alpha=a)
@@ -397,6 +387,11 @@ class ZOMethod(Method):
             if not p.is_contiguous():
                 for s, a in terms:
                     p.add_(self.unscaled(i, p, s), alpha=a)
+                continue
+            if self.hp.rng == "counter":  # numbers made, scaled and added in one compiled loop over the tensor
+                bases = [(self.piece_base(i, p, s), a) for s, a in terms]
+                counter.add_(p.view(-1), self._kind().removesuffix(pieces_.COUNTER), 0, *bases[0],
+                             *(bases[1] if len(bases) > 1 else ()))
                 continue
             flat, width = p.view(-1), pieces_.rows_of(p.shape)[1]
             for parts in zip(*(self.pieces(i, p, s) for s, _ in terms), strict=True):  # a piece of each, in cache
