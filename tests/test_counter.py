@@ -79,6 +79,9 @@ def test_one_pass_adds_both_directions(kind):
     part = torch.zeros(100)
     counter.add_(part, kind, 400, 11, 1.0)  # a tensor packed at offset 400 of its group's draw
     assert torch.equal(part, whole(kind, 5000, 11)[400:500])
+    bf16 = torch.ones(5000, dtype=torch.bfloat16)  # the step is made in float32, then rounded into θ's dtype
+    counter.add_(bf16, kind, 0, 11, 0.25)
+    torch.testing.assert_close(bf16.float(), 1 + 0.25 * whole(kind, 5000, 11), rtol=0, atol=2**-7)  # ≤ an ulp
 
 
 def test_the_counter_kind_flows_through_pieces_and_groups(monkeypatch):

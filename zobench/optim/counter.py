@@ -3,10 +3,11 @@
 Why: torch's CPU generator is a sequential Mersenne twister, ≈ 400 M numbers/s on one core whatever
 the thread count, so a Gaussian draw of a 135M-parameter model costs a third of a forward pass and a
 step draws three. A hash of the element's position has no state: torch.compile turns it (splitmix64's
-finaliser, then Box–Muller on 24 + 24 of its bits, or its top bit as a sign) into one vectorised loop
-on every core, ≈ 3× faster per Gaussian draw on a 2-core CPU, and any element can be made alone
-(no pieces needed for correctness, only for memory). Without a compiler the same torch ops run eagerly:
-the same numbers (Gaussian to an ulp of log and cos), slower.
+finaliser, then Box–Muller on 24 + 24 of its bits, or its top bit as a sign) into one loop
+on every core, ≈ 2× faster per Gaussian pass over θ on a 2-core CPU, and any element can be made alone
+(no pieces needed for correctness, only for memory). The numbers are float32 whatever θ's dtype (a
+float64 θ gets float32 directions; a bf16 θ gets the float32 step, rounded). Without a compiler the same
+torch ops run eagerly: the same numbers (Gaussian to an ulp of log and cos), slower.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class ZOParams(MethodParams):
     engine: Literal["virtual", "inplace"] = "virtual"
     # torch: z from torch.Generator (a sequential Mersenne twister on CPU, ≈ 400 M numbers/s on one core).
     # counter: z from a hash of each number's position, compiled into one loop on every core (optim/counter.py;
-    # ≈ 3× faster Gaussian draws on a 2-core CPU; other numbers than torch's, same with or without a compiler)
+    # ≈ 2× faster Gaussian passes on a 2-core CPU; other numbers than torch's, same with or without a compiler)
     rng: Literal["torch", "counter"] = "torch"
 
 
