@@ -64,6 +64,12 @@ def _add2(kind: str, theta: torch.Tensor, start: torch.Tensor, key: torch.Tensor
     return theta.add_(step.view(theta.shape).to(theta.dtype))
 
 
+def _shift(kind: str, out: torch.Tensor, theta: torch.Tensor, start: torch.Tensor, key: torch.Tensor,
+           alpha: torch.Tensor) -> torch.Tensor:
+    """out = θ + α·z in one loop (the virtual engine's θ + εz: θ read once, nothing else written)."""
+    return out.copy_((theta.to(torch.float32) + alpha * _z(kind, out, key, start)).view(out.shape))
+
+
 # one function (one code object, so its own compiled graphs and recompile budget) per job
 def _fill_gaussian(out: torch.Tensor, key: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
     return _fill("gaussian", out, key, start)
@@ -91,7 +97,18 @@ def _add2_rademacher(theta: torch.Tensor, start: torch.Tensor, key: torch.Tensor
     return _add2("rademacher", theta, start, key, alpha, key2, beta)
 
 
+def _shift_gaussian(out: torch.Tensor, theta: torch.Tensor, start: torch.Tensor, key: torch.Tensor,
+                    alpha: torch.Tensor) -> torch.Tensor:
+    return _shift("gaussian", out, theta, start, key, alpha)
+
+
+def _shift_rademacher(out: torch.Tensor, theta: torch.Tensor, start: torch.Tensor, key: torch.Tensor,
+                      alpha: torch.Tensor) -> torch.Tensor:
+    return _shift("rademacher", out, theta, start, key, alpha)
+
+
 _EAGER: dict[str, Callable[..., torch.Tensor]] = {
+    "shift-gaussian": _shift_gaussian, "shift-rademacher": _shift_rademacher,
     "fill-gaussian": _fill_gaussian, "fill-rademacher": _fill_rademacher, "add-gaussian": _add_gaussian,
     "add-rademacher": _add_rademacher, "add2-gaussian": _add2_gaussian, "add2-rademacher": _add2_rademacher}
 _COMPILED: dict[tuple[str, str], Callable[..., torch.Tensor]] = {}
@@ -122,6 +139,12 @@ def add_(theta: torch.Tensor, kind: str, start: int, base: int, alpha: float,
     if base2 is None:
         return _run(f"add-{kind}", *args)
     return _run(f"add2-{kind}", *args, _scalar(key_of(base2), theta), _scalar(beta, theta, torch.float32))
+
+
+def shift_(out: torch.Tensor, theta: torch.Tensor, kind: str, start: int, base: int, alpha: float) -> torch.Tensor:
+    """out = θ + α·z (both contiguous, θ's numbers from `start` of the z seeded by `base`), in one pass."""
+    return _run(f"shift-{kind}", out, theta, _scalar(start, out), _scalar(key_of(base), out),
+                _scalar(alpha, out, torch.float32))
 
 
 def _scalar(x: float, like: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:

@@ -28,6 +28,7 @@ from torch._C import DisableTorchFunctionSubclass
 from torch.utils import swap_tensors
 from torch.utils._pytree import tree_leaves, tree_map
 
+from zobench.optim import counter
 from zobench.optim.noise import rows_of
 
 if TYPE_CHECKING:
@@ -188,7 +189,11 @@ class PieceShift:
         method, lay = self.method, self.method.layout()
         ps = [method.params[j] for j in lay.members[g]]
         flat = torch.cat([_plain(p).view(-1) for p in ps])
-        flat.add_(method.group_draw(g, self.seed), alpha=self.alpha)
+        kind = method.counter_kind()
+        if kind is not None:  # drawn and added in one compiled loop
+            counter.add_(flat, kind, 0, method.piece_base(lay.members[g][0], ps[0], self.seed), self.alpha)
+        else:
+            flat.add_(method.group_draw(g, self.seed), alpha=self.alpha)
         return lay.split(flat, g, method.params)
 
     def __call__(self, i: int, raw: torch.Tensor) -> torch.Tensor:
@@ -202,6 +207,10 @@ class PieceShift:
             return self.groups[g][lay.position[i]]
         out = torch.empty(raw.shape, dtype=raw.dtype, device=raw.device)
         src = raw.contiguous().view(-1)
+        kind = self.method.counter_kind()
+        if kind is not None:  # θ read once, θ + εz written once, in one compiled loop
+            counter.shift_(out.view(-1), src, kind, 0, self.method.piece_base(i, raw, self.seed), self.alpha)
+            return out
         dst, width = out.view(-1), rows_of(raw.shape)[1]
         for r0, r1, z in self.method.pieces(i, raw, self.seed):
             torch.add(src[r0 * width:r1 * width], z.reshape(-1), alpha=self.alpha, out=dst[r0 * width:r1 * width])

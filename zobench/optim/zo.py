@@ -123,6 +123,10 @@ class ZOMethod(Method):
         kind = "rademacher" if self.hp.direction == "rademacher" else "gaussian"
         return kind + (pieces_.COUNTER if self.hp.rng == "counter" else "")
 
+    def counter_kind(self) -> str | None:
+        """'gaussian' or 'rademacher' when z comes from optim/counter.py (`rng: counter`), else None."""
+        return self._kind().removesuffix(pieces_.COUNTER) if self.hp.rng == "counter" else None
+
     def plain_draw(self) -> bool:
         """z is the engine's own noise (no override of draw/noise/direction): it can be made piecewise."""
         cls = type(self)
@@ -388,10 +392,10 @@ class ZOMethod(Method):
                 for s, a in terms:
                     p.add_(self.unscaled(i, p, s), alpha=a)
                 continue
-            if self.hp.rng == "counter":  # numbers made, scaled and added in one compiled loop over the tensor
+            kind = self.counter_kind()
+            if kind is not None:  # numbers made, scaled and added in one compiled loop over the tensor
                 bases = [(self.piece_base(i, p, s), a) for s, a in terms]
-                counter.add_(p.view(-1), self._kind().removesuffix(pieces_.COUNTER), 0, *bases[0],
-                             *(bases[1] if len(bases) > 1 else ()))
+                counter.add_(p.view(-1), kind, 0, *bases[0], *(bases[1] if len(bases) > 1 else ()))
                 continue
             flat, width = p.view(-1), pieces_.rows_of(p.shape)[1]
             for parts in zip(*(self.pieces(i, p, s) for s, _ in terms), strict=True):  # a piece of each, in cache
