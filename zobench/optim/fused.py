@@ -49,6 +49,16 @@ def _kernel() -> Any:
         return tl.randn4x(key, counters)
 
     @triton.jit
+    def _add(ptr, offs, size, d, e, TWO: tl.constexpr, DTYPE: tl.constexpr):  # noqa: N803
+        """θ[offs] += d (then += e when TWO), in float32, stored back in θ's dtype."""
+        mask = offs < size
+        x = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x += d
+        if TWO:
+            x += e
+        tl.store(ptr + offs, x.to(DTYPE), mask=mask)
+
+    @triton.jit
     def add_z(ptrs, sizes, indices, block_tensor, block_start, seed, alpha, seed2, alpha2,
               TWO: tl.constexpr, RADEMACHER: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr):  # noqa: N803
         pid = tl.program_id(0)
@@ -61,30 +71,14 @@ def _kernel() -> Any:
         lane = tl.max_contiguous(tl.multiple_of(tl.arange(0, quarter), quarter), quarter)
         counters = start // 4 + lane  # element start + k·quarter + lane takes the k-th number of this counter
         z0, z1, z2, z3 = _z4(seed, index, counters, RADEMACHER)
+        y0, y1, y2, y3 = z0, z1, z2, z3  # read only when TWO
         if TWO:
             y0, y1, y2, y3 = _z4(seed2, index, counters, RADEMACHER)
-        for k in tl.static_range(4):
-            offs = start + k * quarter + lane
-            mask = offs < size
-            x = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            if k == 0:
-                x += alpha * z0
-            elif k == 1:
-                x += alpha * z1
-            elif k == 2:
-                x += alpha * z2
-            else:
-                x += alpha * z3
-            if TWO:
-                if k == 0:
-                    x += alpha2 * y0
-                elif k == 1:
-                    x += alpha2 * y1
-                elif k == 2:
-                    x += alpha2 * y2
-                else:
-                    x += alpha2 * y3
-            tl.store(ptr + offs, x.to(DTYPE), mask=mask)
+        offs = start + lane  # the k-th number of each counter goes to offs + k·quarter
+        _add(ptr, offs, size, alpha * z0, alpha2 * y0, TWO, DTYPE)
+        _add(ptr, offs + quarter, size, alpha * z1, alpha2 * y1, TWO, DTYPE)
+        _add(ptr, offs + 2 * quarter, size, alpha * z2, alpha2 * y2, TWO, DTYPE)
+        _add(ptr, offs + 3 * quarter, size, alpha * z3, alpha2 * y3, TWO, DTYPE)
 
     return add_z
 
