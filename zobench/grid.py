@@ -220,6 +220,11 @@ def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
         comps = [c for _, c, _ in (model, task, method, scheme)]
         locs = [lo for _, _, lo in (model, task, method, scheme)]
         spec = RunSpec(suite=suite.name, settings=_settings(suite, comps, path, lines, locs, data_dir), **cell)
+        uncompilable = getattr(registry.methods.get(method[0].name), "uncompilable", None)
+        reason = spec.settings.compile and uncompilable and uncompilable(method[0].params)
+        if reason:
+            raise UserError(f"{where(path, lines, method[2])}: method '{method[0].label}' {reason}, and its runs "
+                            "have compile: true; give it engine: inplace, or settings: {compile: false}")
         specs.setdefault(spec.run_id, spec)
     if not specs:
         raise UserError(f"{where(path, lines, ('exclude',))}: the grid is empty after these rules; loosen them")

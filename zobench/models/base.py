@@ -18,6 +18,17 @@ class ModelBundle:
     kind: str = "causal"  # "causal" or "masked": how a task scores its options
 
 
+def compile_backbone(module: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile the network body every forward runs through (a transformers model's `base_model`,
+    under peft's wrapper; else the module itself), in place. Why the body, not the top module: tasks call
+    the body directly (an MLM encoder, then the head at the mask only; a soft prompt's inputs_embeds), and
+    LoRA's layers live inside it. Heads stay eager: small, and their shapes vary by task."""
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    body = getattr(base, "base_model", base)
+    body.compile()
+    return body
+
+
 class ModelLoader:
     Params: ClassVar[type[BaseModel] | None] = None
 

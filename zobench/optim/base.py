@@ -37,6 +37,12 @@ class Method:
                     "(use a zeroth-order method, or objective: loss)")
         return None
 
+    @classmethod
+    def uncompilable(cls, params: dict) -> str | None:
+        """Why this method's forwards cannot run through a compiled model (None: they can), asked at
+        planning time for runs with `compile: true`."""
+        return None
+
     def __init__(self, params: list[torch.nn.Parameter], hp: MethodParams, seed: int) -> None:
         self.params = [p for p in params if p.requires_grad]
         if not self.params:

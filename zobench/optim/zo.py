@@ -104,6 +104,13 @@ class ZOMethod(Method):
             raise FieldError("engine", f"'{cls.__name__}' draws z from θ itself, which the in-place engine moves "
                              "between draws; use engine: virtual (the default) for this method")
 
+    @classmethod
+    def uncompilable(cls, params: dict) -> str | None:
+        if params.get("engine") != "inplace":
+            return ("shows the forwards θ ± εz through the virtual engine's per-op view, which a compiled "
+                    "model would not call")
+        return None
+
     # -- how z is drawn -------------------------------------------------------------------
     def generator(self, p: torch.Tensor, seed: int, i: int) -> torch.Generator:
         """A CPU generator seeded by (query seed, parameter index). It draws only the seeds of z's pieces

@@ -1,0 +1,53 @@
+"""`compile: true`: the model's body runs through torch.compile. A compiled run follows the eager run of the
+same spec (the in-place ZO engine moves θ between the forwards of a compiled graph; Adam trains through
+it) and repeats itself exactly; the planning check that refuses the virtual engine is in tests/malformed."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from torch._dynamo.utils import counters
+from conftest import TINY_LLAMA
+
+from zobench import runner
+from zobench.cli import plan
+from zobench.store import Store
+
+SUITE = {
+    "name": "compiled",
+    "defaults": {"steps": 4, "batch_size": 4, "eval_every": 4},
+    "grid": {
+        "models": [{"name": "tiny", "label": "tiny-llama", "config": TINY_LLAMA}],
+        "tasks": [{"name": "synthetic-sentiment", "train_size": 16, "dev_size": 8, "test_size": 8}],
+        "methods": [{"name": "zo-sgd", "lr": 0.01, "engine": "inplace"}, {"name": "fo-adam", "lr": 0.01}],
+        "seeds": [0],
+    },
+}
+
+
+def _curves(write_suite, tmp_path, compile_: bool, folder: str) -> dict[str, pd.DataFrame]:
+    suite = {**SUITE, "defaults": {**SUITE["defaults"], "compile": compile_}}
+    _, specs = plan(write_suite(suite, f"{folder}.yaml"))
+    out = {}
+    counters.clear()
+    for spec in specs:
+        assert spec.settings.compile is compile_
+        store = Store(tmp_path / folder, spec.suite)
+        summary = runner.run(spec, store)
+        assert summary["status"] == "done", summary.get("error")
+        out[spec.method.name] = pd.read_parquet(store.run_dir(spec.run_id) / "curve.parquet")
+    return out
+
+
+def test_compiled_runs_follow_eager_ones_and_repeat(write_suite, tmp_path):
+    eager = _curves(write_suite, tmp_path, False, "eager")
+    assert not counters["stats"]["unique_graphs"]
+    compiled = _curves(write_suite, tmp_path, True, "compiled")
+    assert counters["stats"]["unique_graphs"]  # the forwards ran compiled (a second run reuses the graphs)
+    again = _curves(write_suite, tmp_path, True, "again")
+    for method in ("zo-sgd", "fo-adam"):
+        cols = ["step", "train_loss", "dev_accuracy"]
+        pd.testing.assert_frame_equal(compiled[method][cols], again[method][cols], check_exact=True)
+        losses = compiled[method]["train_loss"].dropna()
+        assert len(losses) == 4
+        assert losses.to_numpy() == pytest.approx(eager[method]["train_loss"].dropna().to_numpy(), rel=1e-4)
