@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from torch._dynamo.utils import counters
 from conftest import TINY_LLAMA
+from torch._dynamo.utils import counters
 
 from zobench import runner
 from zobench.cli import plan

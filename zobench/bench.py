@@ -6,7 +6,9 @@ engines, virtual and in-place, each with Gaussian and Rademacher directions from
 and Gaussian ones from `rng: counter`), a faithful
 MeZO-reference step (Algorithm 1 as MeZO's trainer runs it: four Gaussian regenerations from the
 global RNG, losses from full logits at every position) and an fo-adam step. Peak memory is measured
-in a fresh process per mode, since a process's peak only grows.
+in a fresh process per mode, since a process's peak only grows. `compile=True` runs every mode through
+the model body compiled by torch.compile (the `compile: true` run setting), F included; the virtual
+engine's modes are left out (its per-op view of θ ± εz is not compiled).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 
 from zobench.errors import UserError
 from zobench.measure import PeakMemory, sync
+from zobench.models.base import compile_backbone
 from zobench.tasks.scoring import Choice, choice_loss, encode
 
 TINY_OPT = {"model_type": "opt", "hidden_size": 128, "ffn_dim": 512, "word_embed_proj_dim": 128,
@@ -168,11 +171,21 @@ def _minilm_subject(batch: int, seq: int, device: torch.device) -> Subject:
                    {"shape": list(ids.shape), "examples": batch, "loss": "[MASK] label words (2 classes)"})
 
 
-def build_subject(name: str, batch: int, seq: int, device: torch.device, dtype: torch.dtype) -> Subject:
-    """A benchmark subject by name (see MODELS); random parts are seeded, so runs repeat."""
+def build_subject(name: str, batch: int, seq: int, device: torch.device, dtype: torch.dtype,
+                  compile: bool = False) -> Subject:
+    """A benchmark subject by name (see MODELS); random parts are seeded, so runs repeat. `compile`: its
+    body goes through torch.compile as a run with `compile: true` does (compiled at each mode's first call)."""
     torch.manual_seed(0)
     with quiet_transformers():
-        return _build(name, batch, seq, device, dtype)
+        subject = _build(name, batch, seq, device, dtype)
+    if compile:
+        compile_backbone(subject.model)
+    return subject
+
+
+def compiled_modes(modes: tuple[str, ...]) -> tuple[str, ...]:
+    """The modes a compiled model can run: the virtual engine's per-op view is not compiled."""
+    return tuple(m for m in modes if m not in OURS or "inplace" in m)
 
 
 def _build(name: str, batch: int, seq: int, device: torch.device, dtype: torch.dtype) -> Subject:
@@ -307,7 +320,8 @@ def memory_child(cfg: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
-    subject = build_subject(cfg["model"], cfg["batch"], cfg["seq"], device, getattr(torch, cfg["dtype"]))
+    subject = build_subject(cfg["model"], cfg["batch"], cfg["seq"], device, getattr(torch, cfg["dtype"]),
+                            cfg.get("compile", False))
     registry.load_builtins()  # what a mode imports is not its memory
     call = make_mode(cfg["mode"], subject)
     call()  # steady state: one-time set-up (lazy imports, thread pools) is left out, kept state (Adam's) is in
@@ -333,7 +347,8 @@ def measure_memory(cfg: dict[str, Any], modes: tuple[str, ...], steps: int = 2) 
 
 def bench(model: str = "tiny-opt", batch: int = 16, seq: int = 64, repeats: int = 5, threads: int | None = None,
           device: str = "cpu", dtype: str = "float32", memory: bool = True,
-          modes: tuple[str, ...] = TIME_MODES, memory_modes: tuple[str, ...] = MEMORY_MODES) -> dict[str, Any]:
+          modes: tuple[str, ...] = TIME_MODES, memory_modes: tuple[str, ...] = MEMORY_MODES,
+          compile: bool = False) -> dict[str, Any]:
     """Time every mode in this process and (optionally) measure memory per mode in fresh ones."""
     if threads is not None:
         torch.set_num_threads(threads)
@@ -344,17 +359,19 @@ def bench(model: str = "tiny-opt", batch: int = 16, seq: int = 64, repeats: int 
         raise UserError("device 'cuda' was asked for but no GPU is visible; use --device cpu")
     gc.collect()
     start = time.perf_counter()
-    subject = build_subject(model, batch, seq, dev, getattr(torch, dtype))
+    subject = build_subject(model, batch, seq, dev, getattr(torch, dtype), compile)
     load_s = time.perf_counter() - start
+    if compile:
+        modes, memory_modes = compiled_modes(modes), compiled_modes(memory_modes)
     result: dict[str, Any] = {
-        "model": model, "device": str(dev), "dtype": dtype, "threads": torch.get_num_threads(),
+        "model": model, "device": str(dev), "dtype": dtype, "compile": compile, "threads": torch.get_num_threads(),
         "repeats": repeats, "load_s": load_s, **subject.info, "time": time_modes(subject, modes, repeats, dev),
     }
     del subject
     gc.collect()
     if memory:
         cfg = {"model": model, "batch": batch, "seq": seq, "device": device, "dtype": dtype,
-               "threads": torch.get_num_threads()}
+               "threads": torch.get_num_threads(), "compile": compile}
         result["memory"] = measure_memory(cfg, memory_modes)
     result["ratios"] = ratios(result)
     return result
@@ -390,9 +407,10 @@ def targets(device: str) -> list[tuple[str, str, float]]:
 
 def format_table(result: dict[str, Any]) -> str:
     """The human-readable report: one row per mode, then the ratios against the issue's targets."""
-    mb = 2**20
+    mb, compiled = 2**20, ", compiled" if result.get("compile") else ""
     lines = [f"model {result['model']}: {result['params'] / 1e6:.1f}M params, batch {result['shape']} "
-             f"({result['loss']}), {result['device']} {result['dtype']}, {result['threads']} threads, "
+             f"({result['loss']}), {result['device']} {result['dtype']}{compiled}, "
+             f"{result['threads']} threads, "
              f"median of {result['repeats']}"]
     f = result["time"].get("forward", {}).get("median_s")
     mem = result.get("memory", {})

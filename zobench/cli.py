@@ -161,6 +161,8 @@ def bench_cmd(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
     memory: Annotated[bool, typer.Option(help="peak memory per mode, one fresh process each")] = True,
+    compile: Annotated[bool, typer.Option(help="every mode through the model body compiled by torch.compile "
+                                                "(as `compile: true` runs); virtual-engine modes left out")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the results here")] = None,
 ) -> None:
     """Cost of a ZO step against a forward pass F, MeZO's reference step and Adam; peak memory per mode."""
@@ -172,7 +174,7 @@ def bench_cmd(
     for name in model or ["tiny-opt"]:
         try:
             result = bench(name, batch=batch, seq=seq, repeats=repeats, threads=threads, device=device,
-                           dtype=dtype, memory=memory)
+                           dtype=dtype, memory=memory, compile=compile)
         except UserError as e:
             fail(e)
         out.print(format_table(result), highlight=False, soft_wrap=True, markup=False)
