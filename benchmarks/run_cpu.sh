@@ -11,3 +11,8 @@ for model in tiny-opt minilm smollm2; do
   zobench bench --model "$model" --batch 16 --seq 64 --threads "${THREADS:-2}" --repeats "${REPEATS:-5}" \
     --json "$out/$model-cpu.json" | tee "$out/$model-cpu.txt"
 done
+# the same with the model body compiled (`compile: true`): F is then the compiled forward; in-place modes only
+for model in tiny-opt minilm smollm2; do
+  zobench bench --model "$model" --batch 16 --seq 64 --threads "${THREADS:-2}" --repeats "${REPEATS:-5}" \
+    --compile --json "$out/$model-cpu-compiled.json" | tee "$out/$model-cpu-compiled.txt"
+done

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from zobench.bench import TIME_MODES, MeZOReference, bench, build_subject, format_table
+from zobench.bench import OURS, TIME_MODES, MeZOReference, bench, build_subject, compiled_modes, format_table
 from zobench.cli import app
 
 
@@ -85,3 +85,16 @@ def test_cli_bench_verb(tmp_path) -> None:
     assert json.loads(out.read_text())[0]["model"] == "tiny-opt"
     bad = CliRunner().invoke(app, ["bench", "--model", "gpt-9", "--no-memory"])
     assert bad.exit_code == 2 and "unknown bench model 'gpt-9'" in bad.output
+
+
+def test_compiled_bench_runs_the_in_place_modes_through_the_compiled_body() -> None:
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # graphs another test compiled would be reused, uncounted
+    counters.clear()
+    r = bench("tiny-opt", batch=4, seq=16, repeats=1, threads=1, memory=False, compile=True,
+              modes=("forward", "zo-sgd", "zo-sgd-inplace-rademacher", "mezo-reference"))
+    assert r["compile"] and set(r["time"]) == {"forward", "zo-sgd-inplace-rademacher", "mezo-reference"}
+    assert counters["stats"]["unique_graphs"]  # the forwards ran compiled
+    assert "compiled" in format_table(r).splitlines()[0]
+    assert compiled_modes(OURS) == tuple(m for m in OURS if "inplace" in m)

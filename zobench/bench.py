@@ -1,13 +1,14 @@
 """`zobench bench`: what one ZO step costs against a forward pass, MeZO's reference step and Adam.
 
 One process times every mode on the same model and batch (interleaved repeats, medians): a forward
-pass F of our loss (inference mode, logits only where the loss needs them), our zo-sgd step (both
+pass F of our loss (inference mode, logits only where the loss needs them; and F again through the model
+blocks compiled by torch.compile, `forward-compiled`), our zo-sgd step (both
 engines, virtual and in-place, each with Gaussian and Rademacher directions from torch's generator
 and Gaussian ones from `rng: counter`), a faithful
 MeZO-reference step (Algorithm 1 as MeZO's trainer runs it: four Gaussian regenerations from the
 global RNG, losses from full logits at every position) and an fo-adam step. Peak memory is measured
 in a fresh process per mode, since a process's peak only grows. `compile=True` runs every mode through
-the model body compiled by torch.compile (the `compile: true` run setting), F included; the virtual
+the model's blocks compiled by torch.compile (the `compile: true` run setting), F included; the virtual
 engine's modes are left out (its per-op view of θ ± εz is not compiled).
 """
 
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 
 from zobench.errors import UserError
 from zobench.measure import PeakMemory, sync
-from zobench.models.base import compile_backbone
+from zobench.models.base import blocks, compile_blocks
 from zobench.tasks.scoring import Choice, choice_loss, encode
 
 TINY_OPT = {"model_type": "opt", "hidden_size": 128, "ffn_dim": 512, "word_embed_proj_dim": 128,
@@ -48,7 +49,7 @@ MODELS = ("tiny-opt", "minilm", "smollm2", "opt-1.3b")
 # engine (virtual, inplace) × directions (Gaussian, Rademacher from torch's generator; Gaussian from `rng: counter`)
 OURS = ("zo-sgd", "zo-sgd-rademacher", "zo-sgd-counter", "zo-sgd-inplace", "zo-sgd-inplace-rademacher",
         "zo-sgd-inplace-counter")
-TIME_MODES = ("forward", "forward-no-grad", "forward-full", *OURS, "mezo-reference", "fo-adam")
+TIME_MODES = ("forward", "forward-no-grad", "forward-full", "forward-compiled", *OURS, "mezo-reference", "fo-adam")
 MEMORY_MODES = ("inference", *OURS, "mezo-reference", "fo-adam")
 WORDS = ("the film was good bad great dull and the plot was quite a story with music warm cold "
          "ending cast very sweet boring").split()
@@ -174,18 +175,19 @@ def _minilm_subject(batch: int, seq: int, device: torch.device) -> Subject:
 def build_subject(name: str, batch: int, seq: int, device: torch.device, dtype: torch.dtype,
                   compile: bool = False) -> Subject:
     """A benchmark subject by name (see MODELS); random parts are seeded, so runs repeat. `compile`: its
-    body goes through torch.compile as a run with `compile: true` does (compiled at each mode's first call)."""
+    blocks go through torch.compile as a run with `compile: true` does (compiled at each mode's first call)."""
     torch.manual_seed(0)
     with quiet_transformers():
         subject = _build(name, batch, seq, device, dtype)
     if compile:
-        compile_backbone(subject.model)
+        compile_blocks(subject.model)
     return subject
 
 
 def compiled_modes(modes: tuple[str, ...]) -> tuple[str, ...]:
-    """The modes a compiled model can run: the virtual engine's per-op view is not compiled."""
-    return tuple(m for m in modes if m not in OURS or "inplace" in m)
+    """The modes a compiled model can run: the virtual engine's per-op view is not compiled (and F is
+    already the compiled forward)."""
+    return tuple(m for m in modes if (m not in OURS or "inplace" in m) and m != "forward-compiled")
 
 
 def _build(name: str, batch: int, seq: int, device: torch.device, dtype: torch.dtype) -> Subject:
@@ -263,6 +265,19 @@ def make_mode(mode: str, subject: Subject, seed: int = 0) -> Callable[[], Any]:
         return torch.inference_mode()(lambda: float(subject.loss()))
     if mode == "forward-full":
         return torch.inference_mode()(lambda: float(subject.full_loss()))
+    if mode == "forward-compiled":  # F through the compiled blocks, for this process's eager F beside it
+        compiled = [(block, torch.compile(block.forward)) for block in blocks(model)]
+
+        @torch.inference_mode()
+        def compiled_forward() -> float:
+            for block, forward in compiled:  # for this call only: every other mode keeps the eager blocks
+                block.forward = forward
+            try:
+                return float(subject.loss())
+            finally:
+                for block, _ in compiled:
+                    del block.forward
+        return compiled_forward
     if mode == "forward-no-grad":
         return torch.no_grad()(lambda: float(subject.loss()))
     if mode in OURS:

@@ -161,7 +161,7 @@ def bench_cmd(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
     memory: Annotated[bool, typer.Option(help="peak memory per mode, one fresh process each")] = True,
-    compile: Annotated[bool, typer.Option(help="every mode through the model body compiled by torch.compile "
+    compile: Annotated[bool, typer.Option(help="every mode through the model blocks compiled by torch.compile "
                                                 "(as `compile: true` runs); virtual-engine modes left out")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the results here")] = None,
 ) -> None:

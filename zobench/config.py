@@ -122,8 +122,8 @@ class RunSettings(Strict):
     eval_at_start: bool = True
     select: Literal["best-dev", "last"] = "best-dev"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # torch.compile the model (inductor): shorter forwards where the model is big enough (SmolLM2-135M on a
-    # CPU: F 12 % shorter), paid for with compile time at the first step and each new shape, and ~100 MB of
+    # torch.compile the model's repeated blocks (models.base.compile_blocks): shorter forwards where the model
+    # is big enough, paid for with compile time at the first step and each new shape, and ~100 MB of
     # resident compiler. ZO methods need engine: inplace (the virtual engine's per-op view is not compiled)
     compile: bool = False
     max_seconds: float | None = Field(None, gt=0, description="stop a run after this much wall-clock")

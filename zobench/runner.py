@@ -23,7 +23,7 @@ from zobench import registry
 from zobench.errors import UserError
 from zobench.grid import RunSpec
 from zobench.measure import Clock, PeakMemory, environment, inference_probe, timed
-from zobench.models.base import compile_backbone
+from zobench.models.base import compile_blocks
 from zobench.store import Store
 
 
@@ -115,7 +115,8 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
     if known is not None:  # a run that fails later still lands in its task's table column
         known.update(metric=workload.metric, higher_is_better=workload.higher_is_better)
     if settings.compile:  # before any forward: the probe, preparation and evaluations run compiled too
-        compile_backbone(workload.module)
+        torch._dynamo.reset()  # this run's own graphs: none left by an earlier run in this process
+        compile_blocks(workload.module)
     method_cls = registry.methods.get(spec.method.name)
     method = method_cls(workload.trainable(), method_cls.Params.model_validate(spec.method.params), spec.seed)
     if hasattr(method, "prepare"):  # training-free baselines: ICL sets demonstrations, linear probing fits its probe

@@ -18,15 +18,25 @@ class ModelBundle:
     kind: str = "causal"  # "causal" or "masked": how a task scores its options
 
 
-def compile_backbone(module: torch.nn.Module) -> torch.nn.Module:
-    """torch.compile the network body every forward runs through (a transformers model's `base_model`,
-    under peft's wrapper; else the module itself), in place. Why the body, not the top module: tasks call
-    the body directly (an MLM encoder, then the head at the mask only; a soft prompt's inputs_embeds), and
-    LoRA's layers live inside it. Heads stay eager: small, and their shapes vary by task."""
-    base = module.get_base_model() if hasattr(module, "get_base_model") else module
-    body = getattr(base, "base_model", base)
-    body.compile()
-    return body
+def blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated blocks (its largest ModuleList of same-typed modules: transformer layers, with any
+    LoRA inside them), else the module itself. Why blocks, not the model: every task's forward runs through
+    them, however it enters the model (an OPT calls its decoder directly, an MLM task its encoder then the
+    head at the mask, prompt tuning passes inputs_embeds), and identical blocks compile once (regional
+    compilation); embeddings and heads stay eager (small, and their shapes vary by task)."""
+    lists = [m for m in module.modules()
+             if isinstance(m, torch.nn.ModuleList) and len(m) > 1 and len({type(c) for c in m}) == 1]
+    if not lists:
+        return [module]
+    return list(max(lists, key=lambda blocks: sum(p.numel() for p in blocks.parameters())))
+
+
+def compile_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """torch.compile the model's blocks (`blocks`) in place: the `compile: true` run setting."""
+    found = blocks(module)
+    for block in found:
+        block.compile()
+    return found
 
 
 class ModelLoader:

@@ -101,6 +101,8 @@ def option_logprobs(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torc
     kwargs: dict[str, Any] = {}
     if _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = keep
+    if _accepts(model, "use_cache"):
+        kwargs["use_cache"] = False  # a scorer reads no past: build no key/value cache (memory; compiled layers)
     ids, attn = batch["input_ids"], batch["attention_mask"]
     virtual = prompt_learning(model)
     if virtual and _accepts(model, "position_ids"):
