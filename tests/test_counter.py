@@ -94,3 +94,13 @@ def test_the_counter_kind_flows_through_pieces_and_groups(monkeypatch):
     assert torch.equal(parts, full.view(-1))
     bf16 = noise.fill(shape, torch.bfloat16, CPU, "gaussian+counter", 9)
     assert torch.equal(bf16, full.to(torch.bfloat16))  # other dtypes: the same numbers, rounded
+
+
+def test_rademacher_numbers_are_the_bits_of_one_hash_per_64():
+    """The definition, in Python integers: number e is −1 where bit e mod 64 of mix(block·golden + key) is set,
+    block = e div 64 (so a GPU, a compiled loop and an eager one can only agree by making exactly these)."""
+    key = counter.key_of(42) % 2**64
+    z = whole("rademacher", 1000, 42)
+    for e in (0, 1, 63, 64, 65, 500, 999):
+        word = counter.key_of((e // 64 * (counter._GOLDEN % 2**64) + key) % 2**64) % 2**64
+        assert float(z[e]) == (-1.0 if word >> (e % 64) & 1 else 1.0)

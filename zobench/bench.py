@@ -2,10 +2,9 @@
 
 One process times every mode on the same model and batch (interleaved repeats, medians): a forward
 pass F of our loss (inference mode, logits only where the loss needs them; and F again through the model
-blocks compiled by torch.compile, `forward-compiled`), our zo-sgd step (both
-engines, virtual and in-place, each with Gaussian and Rademacher directions from torch's generator
-and Gaussian ones from `rng: counter`), a faithful
-MeZO-reference step (Algorithm 1 as MeZO's trainer runs it: four Gaussian regenerations from the
+blocks compiled by torch.compile, `forward-compiled`), our zo-sgd step (both engines, virtual and
+in-place, each with Gaussian and Rademacher directions, from torch's generator and from `rng: counter`),
+a faithful MeZO-reference step (Algorithm 1 as MeZO's trainer runs it: four Gaussian regenerations from the
 global RNG, losses from full logits at every position) and an fo-adam step. Peak memory is measured
 in a fresh process per mode, since a process's peak only grows. `compile=True` runs every mode through
 the model's blocks compiled by torch.compile (the `compile: true` run setting), F included; the virtual
@@ -46,9 +45,9 @@ OPT_13B = {"model_type": "opt", "hidden_size": 2048, "ffn_dim": 8192, "word_embe
            "num_hidden_layers": 24, "num_attention_heads": 32, "max_position_embeddings": 2048,
            "vocab_size": 50272}
 MODELS = ("tiny-opt", "minilm", "smollm2", "opt-1.3b")
-# engine (virtual, inplace) × directions (Gaussian, Rademacher from torch's generator; Gaussian from `rng: counter`)
-OURS = ("zo-sgd", "zo-sgd-rademacher", "zo-sgd-counter", "zo-sgd-inplace", "zo-sgd-inplace-rademacher",
-        "zo-sgd-inplace-counter")
+# engine (virtual, inplace) × directions (Gaussian, Rademacher) × rng (torch's generator; `-counter`: rng: counter)
+OURS = ("zo-sgd", "zo-sgd-rademacher", "zo-sgd-counter", "zo-sgd-rademacher-counter", "zo-sgd-inplace",
+        "zo-sgd-inplace-rademacher", "zo-sgd-inplace-counter", "zo-sgd-inplace-rademacher-counter")
 TIME_MODES = ("forward", "forward-no-grad", "forward-full", "forward-compiled", *OURS, "mezo-reference", "fo-adam")
 MEMORY_MODES = ("inference", *OURS, "mezo-reference", "fo-adam")
 WORDS = ("the film was good bad great dull and the plot was quite a story with music warm cold "
@@ -282,7 +281,7 @@ def make_mode(mode: str, subject: Subject, seed: int = 0) -> Callable[[], Any]:
         return torch.no_grad()(lambda: float(subject.loss()))
     if mode in OURS:
         cls = registry.methods.get("zo-sgd")
-        hp = {"lr": ZO_LR, "eps": ZO_EPS, "direction": "rademacher" if mode.endswith("rademacher") else "gaussian",
+        hp = {"lr": ZO_LR, "eps": ZO_EPS, "direction": "rademacher" if "rademacher" in mode else "gaussian",
               "engine": "inplace" if "inplace" in mode else "virtual",
               "rng": "counter" if mode.endswith("counter") else "torch"}
         for p in params:

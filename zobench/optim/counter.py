@@ -3,11 +3,14 @@
 Why: torch's CPU generator is a sequential Mersenne twister, ≈ 400 M numbers/s on one core whatever
 the thread count, so a Gaussian draw of a 135M-parameter model costs a third of a forward pass and a
 step draws three. A hash of the element's position has no state: torch.compile turns it (splitmix64's
-finaliser, then Box–Muller on 24 + 24 of its bits, or its top bit as a sign) into one loop
-on every core, ≈ 2× faster per Gaussian pass over θ on a 2-core CPU, and any element can be made alone
-(no pieces needed for correctness, only for memory). The numbers are float32 whatever θ's dtype (a
-float64 θ gets float32 directions; a bf16 θ gets the float32 step, rounded). Without a compiler the same
-torch ops run eagerly: the same numbers (Gaussian to an ulp of log and cos), slower.
+finaliser, then Box–Muller on 24 + 24 of its bits) into one loop on every core, ≈ 2× faster per
+Gaussian pass over θ on a 2-core CPU, and any element can be made alone (no pieces needed for
+correctness, only for memory). Rademacher signs come 64 to a hash: number e is −1 where bit e mod 64 of
+the hash of block e div 64 is set; the block's words are made first (1/32 of the numbers' bytes), then
+one loop reads them, so a pass over θ costs little more than the add itself. The numbers are float32
+whatever θ's dtype (a float64 θ gets float32 directions; a bf16 θ gets the float32 step, rounded).
+Without a compiler the same torch ops run eagerly: the same numbers (Gaussian to an ulp of log and
+cos), slower.
 """
 
 from __future__ import annotations
@@ -33,84 +36,92 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ ((x >> 31) & ((1 << 33) - 1))
 
 
-def _hashes(out: torch.Tensor, key: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+def _gaussian(out: torch.Tensor, key: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """Gaussian numbers (float32, flat) of the z keyed `key` at out's positions from `start`: Box–Muller on
+    24 + 24 bits of each position's hash."""
     position = torch.arange(out.numel(), device=out.device, dtype=torch.int64) + start
-    return _mix(position * _GOLDEN + key)
-
-
-def _z(kind: str, out: torch.Tensor, key: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-    """The numbers (float32, flat) of the z keyed `key` at out's positions from `start`."""
-    x = _hashes(out, key, start)
-    if kind == "rademacher":
-        return torch.where(x < 0, -1.0, 1.0)
+    x = _mix(position * _GOLDEN + key)
     u1 = ((x >> 40) & _BITS24).to(torch.float32).add(0.5) * (1.0 / (1 << 24))  # in (0, 1): log is finite
     u2 = (x & _BITS24).to(torch.float32) * (1.0 / (1 << 24))
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2 * math.pi) * u2)
 
 
-def _fill(kind: str, out: torch.Tensor, key: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-    return out.copy_(_z(kind, out, key, start).view(out.shape))
+def _signs(words: torch.Tensor) -> torch.Tensor:
+    """Rademacher numbers [m, 64] (float32 ±1) from m hash words: number j of block i is −1 where bit j of
+    word i is set. The words are split into int32 halves (low first), so the shifts stay 32-bit."""
+    shifts = torch.arange(32, dtype=torch.int32, device=words.device)
+    bits = (words.view(torch.int32).view(-1, 2, 1) >> shifts) & 1
+    return torch.where(bits == 1, -1.0, 1.0).view(-1, 64)
 
 
-def _add(kind: str, theta: torch.Tensor, start: torch.Tensor, key: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+# what a job does with its numbers z (and z₂): the same for both kinds, made inside each compiled loop
+def _fill(out: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return out.copy_(z.view(out.shape))
+
+
+def _add(theta: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """θ += α·z: the numbers are made, scaled and added in one loop, nothing of θ's size is kept."""
-    return theta.add_((alpha * _z(kind, theta, key, start)).view(theta.shape).to(theta.dtype))
+    return theta.add_((alpha * z).view(theta.shape).to(theta.dtype))
 
 
-def _add2(kind: str, theta: torch.Tensor, start: torch.Tensor, key: torch.Tensor, alpha: torch.Tensor,
-          key2: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+def _add2(theta: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, z2: torch.Tensor,
+          beta: torch.Tensor) -> torch.Tensor:
     """θ += α·z + β·z₂ in one loop."""
-    step = alpha * _z(kind, theta, key, start) + beta * _z(kind, theta, key2, start)
-    return theta.add_(step.view(theta.shape).to(theta.dtype))
+    return theta.add_((alpha * z + beta * z2).view(theta.shape).to(theta.dtype))
 
 
-def _shift(kind: str, out: torch.Tensor, theta: torch.Tensor, start: torch.Tensor, key: torch.Tensor,
-           alpha: torch.Tensor) -> torch.Tensor:
+def _shift(out: torch.Tensor, theta: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """out = θ + α·z in one loop (the virtual engine's θ + εz: θ read once, nothing else written)."""
-    return out.copy_((theta.to(torch.float32) + alpha * _z(kind, out, key, start)).view(out.shape))
+    return out.copy_((theta.to(torch.float32) + alpha * z).view(out.shape))
 
 
-# one function (one code object, so its own compiled graphs and recompile budget) per job
+# one function (one code object, so its own compiled graphs and recompile budget) per job. Gaussian jobs hash
+# every position; Rademacher jobs read hash words made by `_words` (64 signs each) over blocks of 64 numbers
 def _fill_gaussian(out: torch.Tensor, key: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-    return _fill("gaussian", out, key, start)
-
-
-def _fill_rademacher(out: torch.Tensor, key: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-    return _fill("rademacher", out, key, start)
+    return _fill(out, _gaussian(out, key, start))
 
 
 def _add_gaussian(theta: torch.Tensor, start: torch.Tensor, key: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    return _add("gaussian", theta, start, key, alpha)
-
-
-def _add_rademacher(theta: torch.Tensor, start: torch.Tensor, key: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    return _add("rademacher", theta, start, key, alpha)
+    return _add(theta, _gaussian(theta, key, start), alpha)
 
 
 def _add2_gaussian(theta: torch.Tensor, start: torch.Tensor, key: torch.Tensor, alpha: torch.Tensor,
                    key2: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    return _add2("gaussian", theta, start, key, alpha, key2, beta)
-
-
-def _add2_rademacher(theta: torch.Tensor, start: torch.Tensor, key: torch.Tensor, alpha: torch.Tensor,
-                     key2: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    return _add2("rademacher", theta, start, key, alpha, key2, beta)
+    return _add2(theta, _gaussian(theta, key, start), alpha, _gaussian(theta, key2, start), beta)
 
 
 def _shift_gaussian(out: torch.Tensor, theta: torch.Tensor, start: torch.Tensor, key: torch.Tensor,
                     alpha: torch.Tensor) -> torch.Tensor:
-    return _shift("gaussian", out, theta, start, key, alpha)
+    return _shift(out, theta, _gaussian(out, key, start), alpha)
 
 
-def _shift_rademacher(out: torch.Tensor, theta: torch.Tensor, start: torch.Tensor, key: torch.Tensor,
-                      alpha: torch.Tensor) -> torch.Tensor:
-    return _shift("rademacher", out, theta, start, key, alpha)
+def _words(out: torch.Tensor, key: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """out (int64) = the hash words of blocks first, first + 1, … (64 Rademacher numbers each)."""
+    block = torch.arange(out.numel(), device=out.device, dtype=torch.int64) + first
+    return out.copy_(_mix(block * _GOLDEN + key))
+
+
+def _fill_rademacher(out: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    return _fill(out, _signs(words))
+
+
+def _add_rademacher(theta: torch.Tensor, words: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    return _add(theta, _signs(words), alpha)
+
+
+def _add2_rademacher(theta: torch.Tensor, words: torch.Tensor, alpha: torch.Tensor, words2: torch.Tensor,
+                     beta: torch.Tensor) -> torch.Tensor:
+    return _add2(theta, _signs(words), alpha, _signs(words2), beta)
+
+
+def _shift_rademacher(out: torch.Tensor, theta: torch.Tensor, words: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    return _shift(out, theta, _signs(words), alpha)
 
 
 _EAGER: dict[str, Callable[..., torch.Tensor]] = {
-    "shift-gaussian": _shift_gaussian, "shift-rademacher": _shift_rademacher,
-    "fill-gaussian": _fill_gaussian, "fill-rademacher": _fill_rademacher, "add-gaussian": _add_gaussian,
-    "add-rademacher": _add_rademacher, "add2-gaussian": _add2_gaussian, "add2-rademacher": _add2_rademacher}
+    "fill-gaussian": _fill_gaussian, "add-gaussian": _add_gaussian, "add2-gaussian": _add2_gaussian,
+    "shift-gaussian": _shift_gaussian, "words": _words, "fill-rademacher": _fill_rademacher,
+    "add-rademacher": _add_rademacher, "add2-rademacher": _add2_rademacher, "shift-rademacher": _shift_rademacher}
 _COMPILED: dict[tuple[str, str], Callable[..., torch.Tensor]] = {}
 _EAGER_ONLY: set[str] = set()  # device types where compiling failed once
 
@@ -128,23 +139,70 @@ def key_of(base: int) -> int:
 
 def fill_(out: torch.Tensor, kind: str, base: int, start: int = 0) -> torch.Tensor:
     """out (contiguous) = numbers start, start+1, … of the z seeded by `base`: 'rademacher' or 'gaussian'."""
-    return _run(f"fill-{kind}", out, _scalar(key_of(base), out), _scalar(start, out))
+    if kind == "rademacher":
+        return _by_blocks("fill", [out.view(-1)], start, [base], [])
+    return _run("fill-gaussian", out, _scalar(key_of(base), out), _scalar(start, out))
 
 
 def add_(theta: torch.Tensor, kind: str, start: int, base: int, alpha: float,
          base2: int | None = None, beta: float = 0.0) -> torch.Tensor:
     """θ (contiguous) += α·z (+ β·z₂), z's numbers from `start` on (a tensor packed in a group starts at its
     offset in the group's draw), in one pass over θ: the in-place engine's perturbations and updates."""
+    if kind == "rademacher":
+        bases, scales = ([base], [alpha]) if base2 is None else ([base, base2], [alpha, beta])
+        _by_blocks("add" if base2 is None else "add2", [theta.view(-1)], start, bases, scales)
+        return theta
     args = [theta, _scalar(start, theta), _scalar(key_of(base), theta), _scalar(alpha, theta, torch.float32)]
     if base2 is None:
-        return _run(f"add-{kind}", *args)
-    return _run(f"add2-{kind}", *args, _scalar(key_of(base2), theta), _scalar(beta, theta, torch.float32))
+        return _run("add-gaussian", *args)
+    return _run("add2-gaussian", *args, _scalar(key_of(base2), theta), _scalar(beta, theta, torch.float32))
 
 
 def shift_(out: torch.Tensor, theta: torch.Tensor, kind: str, start: int, base: int, alpha: float) -> torch.Tensor:
     """out = θ + α·z (both contiguous, θ's numbers from `start` of the z seeded by `base`), in one pass."""
-    return _run(f"shift-{kind}", out, theta, _scalar(start, out), _scalar(key_of(base), out),
+    if kind == "rademacher":
+        return _by_blocks("shift", [out.view(-1), theta.view(-1)], start, [base], [alpha])
+    return _run("shift-gaussian", out, theta, _scalar(start, out), _scalar(key_of(base), out),
                 _scalar(alpha, out, torch.float32))
+
+
+def _by_blocks(job: str, flats: list[torch.Tensor], start: int, bases: list[int], scales: list[float]) -> torch.Tensor:
+    """A Rademacher job on numbers start … start + n of `flats` (the tensors it writes and reads): the whole
+    blocks of 64 in one compiled loop over their words; a part block at either end (a stretch that does not
+    start or end on a block) from its whole block's numbers, eagerly. Returns flats[0]."""
+    n, device = flats[0].numel(), flats[0].device
+    head = min(n, -start % 64)
+    body = (n - head) // 64 * 64
+    for lo, hi in ((0, head), (head + body, n)):  # each end lies within one block
+        if hi > lo:
+            block, offset = divmod(start + lo, 64)
+            zs = [_signs(_words_of(base, block, 1, device)).view(-1)[offset:offset + hi - lo] for base in bases]
+            _apply(job, [f[lo:hi] for f in flats], zs, scales)
+    if body:
+        blocks = [f[head:head + body].view(-1, 64) for f in flats]
+        words = [_words_of(base, (start + head) // 64, body // 64, device) for base in bases]
+        args = words if job == "fill" else [
+            x for w, a in zip(words, scales, strict=True) for x in (w, _scalar(a, flats[0], torch.float32))]
+        _run(f"{job}-rademacher", *blocks, *args)
+    return flats[0]
+
+
+def _words_of(base: int, first: int, count: int, device: torch.device) -> torch.Tensor:
+    out = torch.empty(count, dtype=torch.int64, device=device)
+    return _run("words", out, _scalar(key_of(base), out), _scalar(first, out))
+
+
+def _apply(job: str, flats: list[torch.Tensor], zs: list[torch.Tensor], scales: list[float]) -> None:
+    """A job with its numbers given (the part blocks at a stretch's ends: fewer than 64 numbers each)."""
+    a = [torch.tensor(x, dtype=torch.float32, device=flats[0].device) for x in scales]
+    if job == "fill":
+        _fill(flats[0], zs[0])
+    elif job == "add":
+        _add(flats[0], zs[0], a[0])
+    elif job == "add2":
+        _add2(flats[0], zs[0], a[0], zs[1], a[1])
+    else:
+        _shift(flats[0], flats[1], zs[0], a[0])
 
 
 def _scalar(x: float, like: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
