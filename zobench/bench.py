@@ -429,12 +429,12 @@ def format_table(result: dict[str, Any]) -> str:
     f = result["time"].get("forward", {}).get("median_s")
     mem = result.get("memory", {})
     base = mem.get("inference", {}).get("peak", {})
-    lines.append(f"{'mode':26s} {'median s':>10s} {'/ F':>7s} {'peak RSS MB':>12s} {'/ inf':>7s}"
+    lines.append(f"{'mode':34s} {'median s':>10s} {'/ F':>7s} {'peak RSS MB':>12s} {'/ inf':>7s}"
                  + (f" {'NVML MB':>9s} {'alloc MB':>9s}" if "nvml" in base else ""))
     for m in dict.fromkeys(list(result["time"]) + list(mem)):
         s = result["time"].get(m if m != "inference" else "forward", {}).get("median_s")
         peak = mem.get(m, {}).get("peak", {})
-        row = f"{m:26s} {_num(s, '10.4f')} {_num(s / f if s and f else None, '7.2f')} "
+        row = f"{m:34s} {_num(s, '10.4f')} {_num(s / f if s and f else None, '7.2f')} "
         row += f"{_num(peak.get('rss', 0) / mb or None, '12.0f')} "
         row += _num(peak['rss'] / base['rss'] if peak.get("rss") and base.get("rss") else None, "7.3f")
         if "nvml" in base:
