@@ -53,3 +53,26 @@ def test_compiled_runs_follow_eager_ones_and_repeat(write_suite, tmp_path):
         losses = compiled[method]["train_loss"].dropna()
         assert len(losses) == 4
         assert losses.to_numpy() == pytest.approx(eager[method]["train_loss"].dropna().to_numpy(), rel=1e-4)
+
+
+@pytest.mark.parametrize("config, layer", [
+    (TINY_LLAMA, "LlamaDecoderLayer"),
+    ({"model_type": "opt", "hidden_size": 16, "ffn_dim": 32, "word_embed_proj_dim": 16, "num_hidden_layers": 2,
+      "num_attention_heads": 2}, "OPTDecoderLayer"),  # OPT's head calls its decoder, not its base model
+    ({"model_type": "bert", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+      "num_attention_heads": 2}, "BertLayer"),  # an MLM task calls the encoder, then the head at the mask
+])
+def test_the_compiled_blocks_are_the_transformer_layers_with_lora_inside(config, layer):
+    from zobench import registry
+    from zobench.models.base import blocks
+
+    bundle = registry.models.get("tiny").load(
+        {"config": config, **({"tokenizer": "wordpiece"} if config["model_type"] == "bert" else {})},
+        torch.device("cpu"), 0)
+    found = blocks(bundle.model)
+    assert [type(b).__name__ for b in found] == [layer] * config["num_hidden_layers"]
+    lora = registry.schemes.get("lora").apply(bundle.model, {"r": 2})
+    assert [id(b) for b in blocks(lora)] == [id(b) for b in found]
+    assert any("lora" in name for name, _ in found[0].named_modules())
+    plain = torch.nn.Linear(3, 3)
+    assert blocks(plain) == [plain]

@@ -25,7 +25,7 @@ def blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
     head at the mask, prompt tuning passes inputs_embeds), and identical blocks compile once (regional
     compilation); embeddings and heads stay eager (small, and their shapes vary by task)."""
     lists = [m for m in module.modules()
-             if isinstance(m, torch.nn.ModuleList) and len(m) > 1 and len({type(c) for c in m}) == 1]
+             if isinstance(m, torch.nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1]
     if not lists:
         return [module]
     return list(max(lists, key=lambda blocks: sum(p.numel() for p in blocks.parameters())))
