@@ -169,40 +169,33 @@ def shift_(out: torch.Tensor, theta: torch.Tensor, kind: str, start: int, base: 
 def _by_blocks(job: str, flats: list[torch.Tensor], start: int, bases: list[int], scales: list[float]) -> torch.Tensor:
     """A Rademacher job on numbers start … start + n of `flats` (the tensors it writes and reads): the whole
     blocks of 64 in one compiled loop over their words; a part block at either end (a stretch that does not
-    start or end on a block) from its whole block's numbers, eagerly. Returns flats[0]."""
+    start or end on a block) by the same job, eagerly, on a copy padded to its whole block. Returns flats[0]."""
     n, device = flats[0].numel(), flats[0].device
     head = min(n, -start % 64)
     body = (n - head) // 64 * 64
+
+    def args(first: int, count: int) -> list[torch.Tensor]:  # each direction's words, then its scale
+        words = [_words_of(base, first, count, device) for base in bases]
+        return words if job == "fill" else [
+            x for w, a in zip(words, scales, strict=True) for x in (w, _scalar(a, flats[0], torch.float32))]
+
     for lo, hi in ((0, head), (head + body, n)):  # each end lies within one block
         if hi > lo:
             block, offset = divmod(start + lo, 64)
-            zs = [_signs(_words_of(base, block, 1, device)).view(-1)[offset:offset + hi - lo] for base in bases]
-            _apply(job, [f[lo:hi] for f in flats], zs, scales)
+            pads = [f.new_zeros(64) for f in flats]
+            for pad, f in zip(pads, flats, strict=True):
+                pad[offset:offset + hi - lo] = f[lo:hi]
+            _EAGER[f"{job}-rademacher"](*(pad.view(1, 64) for pad in pads), *args(block, 1))
+            flats[0][lo:hi] = pads[0][offset:offset + hi - lo]
     if body:
         blocks = [f[head:head + body].view(-1, 64) for f in flats]
-        words = [_words_of(base, (start + head) // 64, body // 64, device) for base in bases]
-        args = words if job == "fill" else [
-            x for w, a in zip(words, scales, strict=True) for x in (w, _scalar(a, flats[0], torch.float32))]
-        _run(f"{job}-rademacher", *blocks, *args)
+        _run(f"{job}-rademacher", *blocks, *args((start + head) // 64, body // 64))
     return flats[0]
 
 
 def _words_of(base: int, first: int, count: int, device: torch.device) -> torch.Tensor:
     out = torch.empty(count, dtype=torch.int64, device=device)
     return _run("words", out, _scalar(key_of(base), out), _scalar(first, out))
-
-
-def _apply(job: str, flats: list[torch.Tensor], zs: list[torch.Tensor], scales: list[float]) -> None:
-    """A job with its numbers given (the part blocks at a stretch's ends: fewer than 64 numbers each)."""
-    a = [torch.tensor(x, dtype=torch.float32, device=flats[0].device) for x in scales]
-    if job == "fill":
-        _fill(flats[0], zs[0])
-    elif job == "add":
-        _add(flats[0], zs[0], a[0])
-    elif job == "add2":
-        _add2(flats[0], zs[0], a[0], zs[1], a[1])
-    else:
-        _shift(flats[0], flats[1], zs[0], a[0])
 
 
 def _scalar(x: float, like: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
