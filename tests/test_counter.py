@@ -104,3 +104,35 @@ def test_rademacher_numbers_are_the_bits_of_one_hash_per_64():
     for e in (0, 1, 63, 64, 65, 500, 999):
         word = counter.key_of((e // 64 * (counter._GOLDEN % 2**64) + key) % 2**64) % 2**64
         assert float(z[e]) == (-1.0 if word >> (e % 64) & 1 else 1.0)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_batched_calls_add_what_tensor_by_tensor_adds(kind):
+    """Many tensors, _BATCH to a compiled call, make each tensor's own numbers: whole rows of 64 in the
+    batches (two dtypes, more tensors than a batch), the rest (one row, a size or a start off the rows)
+    alone; and tensors of other sizes reuse the same graphs."""
+    gen = torch.Generator().manual_seed(1)
+    sizes = [4096, 64, 130, 128] + [384] * 9 + [640]
+    thetas = [torch.randn(n, generator=gen) for n in sizes] + [torch.randn(256, generator=gen).bfloat16()]
+    starts = [0, 0, 0, 100] + [64 * k for k in range(9)] + [0, 0]
+    bases, bases2 = list(range(10, 25)), list(range(50, 65))
+    for second in (False, True):
+        expected = [t.clone() for t in thetas]
+        for t, s, b, b2 in zip(expected, starts, bases, bases2, strict=True):
+            counter.add_(t, kind, s, b, 0.5, *((b2, -2.0) if second else ()))
+        got = [t.clone() for t in thetas]
+        counter.add_many(got, kind, starts, bases, 0.5, *((bases2, -2.0) if second else ()))
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    others = [torch.zeros(n) for n in (192, 8192, 320)]
+    counter.add_many(others, kind, [0, 0, 0], [1, 2, 3], 1.0)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert torch.equal(others[1], whole(kind, 8192, 2))
+
+
+def test_counter_layout_starts_every_grouped_tensor_on_a_whole_word():
+    params = [torch.zeros(n) for n in (30, 100, 64, 7)]
+    lay = noise.Layout(params, align=64)
+    assert lay.offset == [0, 64, 192, 256] and lay.size == [263]
+    assert noise.Layout(params).offset == [0, 30, 130, 194]  # torch's generator: packed tight, as before

@@ -15,11 +15,13 @@ cos), slower.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable
 
 import torch
+from torch.fx.experimental import _config as fx_config
 
 _GOLDEN = -0x61C8864680B583EB  # 0x9E3779B97F4A7C15 as a signed 64-bit number: spreads counters apart
 _M1 = -0x40A7B892E31B1A47  # 0xBF58476D1CE4E5B9 (splitmix64's finaliser constants)
@@ -46,12 +48,19 @@ def _gaussian(out: torch.Tensor, key: torch.Tensor, start: torch.Tensor) -> torc
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2 * math.pi) * u2)
 
 
+def _bits(words: torch.Tensor) -> torch.Tensor:
+    """The bits [m, 64] (int32 0/1) of m hash words, bit j of word i at [i, j]. The words are split into int32
+    halves (low first), so the shifts stay 32-bit; by conversion, not by viewing the bytes as int32 (a view
+    is an op of its own between compiled loops)."""
+    shifts = torch.arange(32, dtype=torch.int32, device=words.device)
+    halves = torch.stack((words.to(torch.int32), (words >> 32).to(torch.int32)), dim=-1)
+    return ((halves.view(-1, 2, 1) >> shifts) & 1).view(-1, 64)
+
+
 def _signs(words: torch.Tensor) -> torch.Tensor:
     """Rademacher numbers [m, 64] (float32 ±1) from m hash words: number j of block i is −1 where bit j of
-    word i is set. The words are split into int32 halves (low first), so the shifts stay 32-bit."""
-    shifts = torch.arange(32, dtype=torch.int32, device=words.device)
-    bits = (words.view(torch.int32).view(-1, 2, 1) >> shifts) & 1
-    return torch.where(bits == 1, -1.0, 1.0).view(-1, 64)
+    word i is set."""
+    return torch.where(_bits(words) == 1, -1.0, 1.0)
 
 
 # what a job does with its numbers z (and z₂): the same for both kinds, made inside each compiled loop
@@ -118,12 +127,54 @@ def _shift_rademacher(out: torch.Tensor, theta: torch.Tensor, words: torch.Tenso
     return _shift(out, theta, _signs(words), alpha)
 
 
+# many tensors per compiled call (`add_many`): each tensor seen as rows of 64 numbers; keys[i] = (tensor i's first
+# block, Rademacher, or first number, Gaussian; its key; the second direction's key)
+def _scaled_rows(kind: str, t: torch.Tensor, first: torch.Tensor, key: torch.Tensor,
+                 alpha: torch.Tensor) -> torch.Tensor:
+    """α·z for t's rows of 64; a Rademacher number picks +α or −α (the same float as α·(±1), one op less)."""
+    if kind == "gaussian":
+        return alpha * _gaussian(t, key, first).view(t.shape)
+    block = torch.arange(t.shape[0], device=t.device, dtype=torch.int64) + first
+    return torch.where(_bits(_mix(block * _GOLDEN + key)) == 1, -alpha, alpha)
+
+
+def _add_many(kind: str, thetas: list[torch.Tensor], keys: torch.Tensor, alpha: torch.Tensor,
+              beta: torch.Tensor | None) -> list[torch.Tensor]:
+    for i, t in enumerate(thetas):
+        z = _scaled_rows(kind, t, keys[i, 0], keys[i, 1], alpha)
+        if beta is not None:
+            z = z + _scaled_rows(kind, t, keys[i, 0], keys[i, 2], beta)
+        t.add_(z.to(t.dtype))
+    return thetas
+
+
+def _many_add_rademacher(thetas: list[torch.Tensor], keys: torch.Tensor, alpha: torch.Tensor) -> list[torch.Tensor]:
+    return _add_many("rademacher", thetas, keys, alpha, None)
+
+
+def _many_add2_rademacher(thetas: list[torch.Tensor], keys: torch.Tensor, alpha: torch.Tensor,
+                          beta: torch.Tensor) -> list[torch.Tensor]:
+    return _add_many("rademacher", thetas, keys, alpha, beta)
+
+
+def _many_add_gaussian(thetas: list[torch.Tensor], keys: torch.Tensor, alpha: torch.Tensor) -> list[torch.Tensor]:
+    return _add_many("gaussian", thetas, keys, alpha, None)
+
+
+def _many_add2_gaussian(thetas: list[torch.Tensor], keys: torch.Tensor, alpha: torch.Tensor,
+                        beta: torch.Tensor) -> list[torch.Tensor]:
+    return _add_many("gaussian", thetas, keys, alpha, beta)
+
+
 _EAGER: dict[str, Callable[..., torch.Tensor]] = {
+    "many-add-rademacher": _many_add_rademacher, "many-add2-rademacher": _many_add2_rademacher,
+    "many-add-gaussian": _many_add_gaussian, "many-add2-gaussian": _many_add2_gaussian,
     "fill-gaussian": _fill_gaussian, "add-gaussian": _add_gaussian, "add2-gaussian": _add2_gaussian,
     "shift-gaussian": _shift_gaussian, "words": _words, "fill-rademacher": _fill_rademacher,
     "add-rademacher": _add_rademacher, "add2-rademacher": _add2_rademacher, "shift-rademacher": _shift_rademacher}
 _COMPILED: dict[tuple[str, str], Callable[..., torch.Tensor]] = {}
 _EAGER_ONLY: set[str] = set()  # device types where compiling failed once
+_BATCH = 8  # tensors per call of a `many-` job: one graph serves every batch (a short one is padded)
 
 
 def key_of(base: int) -> int:
@@ -166,6 +217,61 @@ def shift_(out: torch.Tensor, theta: torch.Tensor, kind: str, start: int, base: 
                 _scalar(alpha, out, torch.float32))
 
 
+class Batched:
+    """θ_i += α·z_i (+ β·z₂_i) for many contiguous tensors θ_i, z_i's numbers from starts[i] of the z seeded
+    bases[i] (bases2[i]): the numbers `add_` makes tensor by tensor, made _BATCH tensors to a compiled call.
+    Why: a compiled call costs tens of µs before it does anything, and a model has a hundred tensors or more
+    (on MiniLM, 106, a call per tensor was a third of a pass). Which tensor goes in which call is worked out
+    once (a method keeps this for its run). A tensor that does not fill whole rows of 64 (its size, or a
+    Rademacher start, not a multiple of 64; or a single row) goes alone through `add_`."""
+
+    def __init__(self, thetas: list[torch.Tensor], kind: str, starts: list[int]) -> None:
+        # the tensors' memory, not the tensors: a view would keep a parameter's use count up, and the virtual
+        # engine swaps parameters for views only when nothing else holds them
+        self.thetas = [_rows(t, 1) for t in thetas]
+        self.kind, self.starts = kind, starts
+        self.alone: list[int] = []
+        by_type: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        for i, t in enumerate(thetas):
+            if t.numel() % 64 == 0 and t.numel() >= 128 and (kind == "gaussian" or starts[i] % 64 == 0):
+                by_type.setdefault((t.dtype, t.device), []).append(i)
+            else:
+                self.alone.append(i)
+        self.batches: list[tuple[list[int], list[torch.Tensor]]] = []  # (members, their rows and the padding)
+        for (dtype, device), members in by_type.items():
+            for lo in range(0, len(members), _BATCH):
+                part = members[lo:lo + _BATCH]
+                pads = [torch.zeros(2, 64, dtype=dtype, device=device) for _ in range(_BATCH - len(part))]
+                self.batches.append((part, [_rows(thetas[i], 64) for i in part] + pads))
+
+    def add(self, bases: list[int], alpha: float, bases2: list[int] | None = None, beta: float = 0.0) -> None:
+        for i in self.alone:
+            second = None if bases2 is None else bases2[i]
+            add_(self.thetas[i].view(-1), self.kind, self.starts[i], bases[i], alpha, second, beta)
+        job = f"many-{'add' if bases2 is None else 'add2'}-{self.kind}"
+        first = [s // 64 for s in self.starts] if self.kind == "rademacher" else self.starts
+        keys2 = [0] * len(bases) if bases2 is None else [key_of(b) for b in bases2]
+        with _unducked():
+            for part, rows in self.batches:
+                keys = [[first[i], key_of(bases[i]), keys2[i]] for i in part] + [[0, 0, 0]] * (_BATCH - len(part))
+                scales = [alpha] if bases2 is None else [alpha, beta]
+                _run(job, rows, torch.tensor(keys, dtype=torch.int64, device=rows[0].device),
+                     *(_scalar(a, rows[0], torch.float32) for a in scales))
+
+
+def add_many(thetas: list[torch.Tensor], kind: str, starts: list[int], bases: list[int], alpha: float,
+             bases2: list[int] | None = None, beta: float = 0.0) -> None:
+    """`Batched` for one call."""
+    Batched(thetas, kind, starts).add(bases, alpha, bases2, beta)
+
+
+def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
+    """t's numbers (t contiguous) as rows of `width`, a tensor of its own on t's memory: a view would make a
+    compiled call guard on the shape of the view's base (a new graph per base shape)."""
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+        t.untyped_storage(), t.storage_offset(), (t.numel() // width, width), (width, 1))
+
+
 def _by_blocks(job: str, flats: list[torch.Tensor], start: int, bases: list[int], scales: list[float]) -> torch.Tensor:
     """A Rademacher job on numbers start … start + n of `flats` (the tensors it writes and reads): the whole
     blocks of 64 in one compiled loop over their words; a part block at either end (a stretch that does not
@@ -203,16 +309,26 @@ def _scalar(x: float, like: torch.Tensor, dtype: torch.dtype = torch.int64) -> t
     return torch.tensor(x, dtype=dtype, device=like.device)
 
 
-def _run(job: str, *args: torch.Tensor) -> torch.Tensor:
+def _unducked() -> contextlib.AbstractContextManager:
+    """Every size its own symbol while tracing: two tensors of a call whose sizes happen to be equal (duck
+    sizing) would otherwise get a guard that they stay equal, and a new graph when they are not."""
+    return contextlib.nullcontext() if not fx_config.use_duck_shape else fx_config.patch(use_duck_shape=False)
+
+
+def _run(job: str, *args: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     """The compiled job (one graph for every size), else the same torch ops eagerly, said once."""
-    device = args[0].device.type
+    device = (args[0][0] if isinstance(args[0], list) else args[0]).device.type
     if device in _EAGER_ONLY:
         return _EAGER[job](*args)
     fn = _COMPILED.get((job, device))
     if fn is None:
-        fn = _COMPILED[(job, device)] = torch.compile(_EAGER[job], dynamic=True)
+        # a `many-` graph's loops are sized by whichever tensors it was traced with: told to leave the thread
+        # count to run time, a loop traced small still runs on every core when a big tensor comes
+        options = {"cpp.dynamic_threads": True} if job.startswith("many") else None
+        fn = _COMPILED[(job, device)] = torch.compile(_EAGER[job], dynamic=True, options=options)
     try:
-        return fn(*args)
+        with _unducked():
+            return fn(*args)
     except Exception as e:  # noqa: BLE001  no compiler here: eager ops give the same numbers, slower
         warnings.warn(f"rng: counter could not compile ({type(e).__name__}: {e}); drawing eagerly "
                       "(same numbers, slower)", stacklevel=3)

@@ -117,9 +117,11 @@ class Layout:
     in order, into groups of at most one piece's worth that share one draw. Why: a draw, an add and a
     Python call per small tensor (norms, biases, a GPU model's every layer) cost more than the numbers
     in them; a group is one draw and one add however many tensors it holds. A group's draw is seeded like
-    its first tensor's piece 0, so a tensor alone in its group gets exactly its own piece."""
+    its first tensor's piece 0, so a tensor alone in its group gets exactly its own piece. `align`: every
+    member starts at a multiple of it in the draw (`rng: counter` takes 64: each tensor then starts on a
+    whole hash word, so it can be made alone, in rows of 64, without its group)."""
 
-    def __init__(self, params: list[torch.Tensor]) -> None:
+    def __init__(self, params: list[torch.Tensor], align: int = 1) -> None:
         self.group_of: list[int | None] = []  # parameter → its group (None: drawn in its own pieces)
         self.offset: list[int] = []  # parameter → where its numbers start in its group's draw
         self.position: list[int] = []  # parameter → its place among its group's members
@@ -132,16 +134,18 @@ class Layout:
                 self.position.append(0)
                 continue
             last = self.members[-1][-1] if self.members else None  # groups hold neighbours only
+            at = -(-self.size[-1] // align) * align if self.members else 0
             fits = (last == i - 1 and params[last].dtype == p.dtype and params[last].device == p.device
-                    and self.size[-1] + p.numel() <= chunk(p.device))
+                    and at + p.numel() <= chunk(p.device))
             if not fits:
                 self.members.append([])
                 self.size.append(0)
+                at = 0
             self.group_of.append(len(self.members) - 1)
-            self.offset.append(self.size[-1])
+            self.offset.append(at)
             self.position.append(len(self.members[-1]))
             self.members[-1].append(i)
-            self.size[-1] += p.numel()
+            self.size[-1] = at + p.numel()
 
     def split(self, flat: torch.Tensor, g: int, params: list[torch.Tensor]) -> list[torch.Tensor]:
         """The group's flat numbers cut into its parameters' shapes (views)."""

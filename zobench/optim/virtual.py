@@ -188,7 +188,9 @@ class PieceShift:
         so a view an op kept of an earlier group stays valid)."""
         method, lay = self.method, self.method.layout()
         ps = [method.params[j] for j in lay.members[g]]
-        flat = torch.cat([_plain(p).view(-1) for p in ps])
+        flat = _plain(ps[0]).new_zeros(lay.size[g])  # members at their offsets (gaps where the layout aligns them)
+        for p, view in zip(ps, lay.split(flat, g, method.params), strict=True):
+            view.copy_(_plain(p))
         kind = method.counter_kind()
         if kind is not None:  # drawn and added in one compiled loop
             counter.add_(flat, kind, 0, method.piece_base(lay.members[g][0], ps[0], self.seed), self.alpha)

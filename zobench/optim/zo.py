@@ -85,6 +85,8 @@ class ZOMethod(Method):
         self._bases: dict[tuple[int, int], int] = {}  # (query seed, parameter index) → its pieces' seed, per step
         self._control: Control | None = None  # set while the parameters are swapped for views (`probe`)
         self._layout: pieces_.Layout | None = None
+        self._batched: counter.Batched | None = None  # `rng: counter`: the in-place passes' calls, worked out once
+        self._owners: list[int] = []  # for each tensor it adds: whose seed keys its numbers (its group's first)
         self._restore: tuple[int, float] | None = None  # (seed, α): θ still holds −α·z(seed) (engine inplace)
         # (decay, [(seed, α), …]): the in-place engine's restore and update, left for the next step's first pass
         self._pending: tuple[float, list[tuple[int, float]]] | None = None
@@ -149,7 +151,7 @@ class ZOMethod(Method):
     def layout(self) -> pieces_.Layout:
         """How the parameters' z is drawn (pieces, groups); made once, when the first direction is drawn."""
         if self._layout is None:
-            self._layout = pieces_.Layout(self.params)
+            self._layout = pieces_.Layout(self.params, align=64 if self.hp.rng == "counter" else 1)
         return self._layout
 
     def group_draw(self, g: int, seed: int) -> torch.Tensor:
@@ -388,6 +390,10 @@ class ZOMethod(Method):
                 warnings.warn(f"fused ZO kernel unavailable ({type(e).__name__}: {e}); using torch ops", stacklevel=2)
                 self._fused = False
         lay = self.layout()
+        kind = self.counter_kind()
+        if kind is not None:  # numbers made, scaled and added in compiled loops, a batch of tensors per call
+            self._add_counter(kind, terms)
+            return
         for g, members in enumerate(lay.members):  # small tensors: one draw per group, one _foreach add
             ps = [self.params[j] for j in members]
             for s, a in terms:
@@ -399,15 +405,32 @@ class ZOMethod(Method):
                 for s, a in terms:
                     p.add_(self.unscaled(i, p, s), alpha=a)
                 continue
-            kind = self.counter_kind()
-            if kind is not None:  # numbers made, scaled and added in one compiled loop over the tensor
-                bases = [(self.piece_base(i, p, s), a) for s, a in terms]
-                counter.add_(p.view(-1), kind, 0, *bases[0], *(bases[1] if len(bases) > 1 else ()))
-                continue
             flat, width = p.view(-1), pieces_.rows_of(p.shape)[1]
             for parts in zip(*(self.pieces(i, p, s) for s, _ in terms), strict=True):  # a piece of each, in cache
                 for (r0, r1, z), (_, a) in zip(parts, terms, strict=True):
                     flat[r0 * width:r1 * width].add_(z.reshape(-1), alpha=a)
+
+    def _add_counter(self, kind: str, terms: list[tuple[int, float]]) -> None:
+        """`add_z` with `rng: counter`: a grouped tensor takes its numbers straight from its group's z (from its
+        offset on, keyed like the group's draw), so every tensor is added alone, no group drawn first."""
+        lay = self.layout()
+        if self._batched is None:
+            flats, starts, self._owners = [], [], []
+            for i, p in enumerate(self.params):
+                g = lay.group_of[i]
+                if g is None and not p.is_contiguous():
+                    continue
+                flats.append(p.view(-1))
+                starts.append(0 if g is None else lay.offset[i])
+                self._owners.append(i if g is None else lay.members[g][0])
+            self._batched = counter.Batched(flats, kind, starts)
+        for i, p in enumerate(self.params):
+            if lay.group_of[i] is None and not p.is_contiguous():
+                for s, a in terms:
+                    p.add_(self.unscaled(i, p, s), alpha=a)
+        bases = [[self.piece_base(j, self.params[j], s) for j in self._owners] for s, _ in terms]
+        second = (bases[1], terms[1][1]) if len(terms) > 1 else ()
+        self._batched.add(bases[0], terms[0][1], *second)
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, loss_fn: LossFn) -> float:
