@@ -16,6 +16,7 @@ cos), slower.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -177,6 +178,7 @@ _EAGER_ONLY: set[str] = set()  # device types where compiling failed once
 _BATCH = 8  # tensors per call of a `many-` job: one graph serves every batch (a short one is padded)
 
 
+@functools.lru_cache(maxsize=1 << 14)  # a pass asks for every tensor's key, twice a step for the same seeds
 def key_of(base: int) -> int:
     """A tensor's hash key from its seed: `_mix` in Python integers, so nearby seeds give unrelated streams."""
     x, mask = base % 2**64, 2**64 - 1
@@ -232,7 +234,7 @@ class Batched:
         self.kind, self.starts = kind, starts
         self.alone: list[int] = []
         by_type: dict[tuple[torch.dtype, torch.device], list[int]] = {}
-        for i, t in enumerate(thetas):
+        for i, t in reversed(list(enumerate(thetas))):
             if t.numel() % 64 == 0 and t.numel() >= 128 and (kind == "gaussian" or starts[i] % 64 == 0):
                 by_type.setdefault((t.dtype, t.device), []).append(i)
             else:

@@ -298,7 +298,8 @@ class ZOMethod(Method):
         """Draw the step's q seeds and measure each projected gradient. Returns (seeds, grads, loss)."""
         self.t += 1
         self._sphere.clear()
-        self._bases.clear()
+        waiting = {seed for seed, _ in self._pending[1]} if self._pending is not None else set()
+        self._bases = {k: v for k, v in self._bases.items() if k[0] in waiting}  # the folded update's are reused
         seeds = [int(s) for s in self._rng.integers(0, 2**62, size=self.hp.q)]
         if self.hp.one_sided or self.needs_base or self.hp.engine != "inplace":
             self.settle()  # L(θ) or a virtual forward must see the stepped θ
