@@ -136,3 +136,19 @@ def test_counter_layout_starts_every_grouped_tensor_on_a_whole_word():
     lay = noise.Layout(params, align=64)
     assert lay.offset == [0, 64, 192, 256] and lay.size == [263]
     assert noise.Layout(params).offset == [0, 30, 130, 194]  # torch's generator: packed tight, as before
+
+
+def test_in_place_passes_follow_a_parameter_given_new_memory():
+    """The batched passes hold the parameters' memory; a parameter given new memory (`p.data = …`) is followed."""
+    from zobench import registry
+    registry.load_builtins()
+    cls = registry.methods.get("zo-sgd")
+    params = [torch.nn.Parameter(torch.zeros(n)) for n in (256, 4096, 100)]
+    method = cls(params, cls.Params.model_validate({"engine": "inplace", "rng": "counter",
+                                                    "direction": "rademacher"}), 0)
+    with torch.no_grad():
+        method.add_z(5, 1.0)
+        params[1].data = torch.zeros(4096)
+        method.add_z(5, 1.0)
+    for i, (p, times) in enumerate(zip(params, (2, 1, 2), strict=True)):
+        assert torch.equal(p.detach(), times * method.unscaled(i, p, 5))

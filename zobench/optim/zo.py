@@ -87,6 +87,7 @@ class ZOMethod(Method):
         self._layout: pieces_.Layout | None = None
         self._batched: counter.Batched | None = None  # `rng: counter`: the in-place passes' calls, worked out once
         self._owners: list[int] = []  # for each tensor it adds: whose seed keys its numbers (its group's first)
+        self._where: list[int] = []  # the parameters' memory when `_batched` was made (it holds that memory)
         self._restore: tuple[int, float] | None = None  # (seed, α): θ still holds −α·z(seed) (engine inplace)
         # (decay, [(seed, α), …]): the in-place engine's restore and update, left for the next step's first pass
         self._pending: tuple[float, list[tuple[int, float]]] | None = None
@@ -415,7 +416,9 @@ class ZOMethod(Method):
         """`add_z` with `rng: counter`: a grouped tensor takes its numbers straight from its group's z (from its
         offset on, keyed like the group's draw), so every tensor is added alone, no group drawn first."""
         lay = self.layout()
-        if self._batched is None:
+        where = [p.data_ptr() for p in self.params]
+        if self._batched is None or where != self._where:  # made again if a parameter was given new memory
+            self._where = where
             flats, starts, self._owners = [], [], []
             for i, p in enumerate(self.params):
                 g = lay.group_of[i]
