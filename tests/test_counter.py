@@ -107,7 +107,7 @@ def test_rademacher_numbers_are_the_bits_of_one_hash_per_64():
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
-def test_batched_calls_add_what_tensor_by_tensor_adds(kind):
+def test_batched_calls_add_what_tensor_by_tensor_adds(kind, monkeypatch):
     """Many tensors, _BATCH to a compiled call, make each tensor's own numbers: whole rows of 64 in the
     batches (two dtypes, more tensors than a batch), the rest (one row, a size or a start off the rows)
     alone; and tensors of other sizes reuse the same graphs."""
@@ -124,6 +124,12 @@ def test_batched_calls_add_what_tensor_by_tensor_adds(kind):
         counter.add_many(got, kind, starts, bases, 0.5, *((bases2, -2.0) if second else ()))
         for g, e in zip(got, expected, strict=True):
             torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    with monkeypatch.context() as m:  # no compiler: the same ops eagerly, the same numbers
+        m.setattr(counter, "_EAGER_ONLY", {"cpu"})
+        eager = [t.clone() for t in thetas]
+        counter.add_many(eager, kind, starts, bases, 0.5, bases2, -2.0)
+    for e, g in zip(eager, got, strict=True):
+        torch.testing.assert_close(e, g, rtol=1e-6, atol=1e-6)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     others = [torch.zeros(n) for n in (192, 8192, 320)]
     counter.add_many(others, kind, [0, 0, 0], [1, 2, 3], 1.0)

@@ -69,15 +69,23 @@ def _fill(out: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return out.copy_(z.view(out.shape))
 
 
+def _step_into(theta: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """θ ← θ + step (float32), added at θ's precision or float32's, whichever is wider, and rounded once into
+    θ: what a compiled loop does whether or not it is told to round the step first, so eager ops (no
+    compiler) give the same bf16 θ."""
+    wide = torch.promote_types(theta.dtype, torch.float32)
+    return theta.copy_(theta.to(wide) + step.view(theta.shape))
+
+
 def _add(theta: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """θ += α·z: the numbers are made, scaled and added in one loop, nothing of θ's size is kept."""
-    return theta.add_((alpha * z).view(theta.shape).to(theta.dtype))
+    return _step_into(theta, alpha * z)
 
 
 def _add2(theta: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, z2: torch.Tensor,
           beta: torch.Tensor) -> torch.Tensor:
     """θ += α·z + β·z₂ in one loop."""
-    return theta.add_((alpha * z + beta * z2).view(theta.shape).to(theta.dtype))
+    return _step_into(theta, alpha * z + beta * z2)
 
 
 def _shift(out: torch.Tensor, theta: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -128,7 +136,7 @@ def _shift_rademacher(out: torch.Tensor, theta: torch.Tensor, words: torch.Tenso
     return _shift(out, theta, _signs(words), alpha)
 
 
-# many tensors per compiled call (`add_many`): each tensor seen as rows of 64 numbers; keys[i] = (tensor i's first
+# many tensors per compiled call (`Batched`): each tensor seen as rows of 64 numbers; keys[i] = (tensor i's first
 # block, Rademacher, or first number, Gaussian; its key; the second direction's key)
 def _scaled_rows(kind: str, t: torch.Tensor, first: torch.Tensor, key: torch.Tensor,
                  alpha: torch.Tensor) -> torch.Tensor:
@@ -145,7 +153,7 @@ def _add_many(kind: str, thetas: list[torch.Tensor], keys: torch.Tensor, alpha: 
         z = _scaled_rows(kind, t, keys[i, 0], keys[i, 1], alpha)
         if beta is not None:
             z = z + _scaled_rows(kind, t, keys[i, 0], keys[i, 2], beta)
-        t.add_(z.to(t.dtype))
+        _step_into(t, z)
     return thetas
 
 
