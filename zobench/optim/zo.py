@@ -88,6 +88,7 @@ class ZOMethod(Method):
         self._batched: counter.Batched | None = None  # `rng: counter`: the in-place passes' calls, worked out once
         self._owners: list[int] = []  # for each tensor it adds: whose seed keys its numbers (its group's first)
         self._where: list[int] = []  # the parameters' memory when `_batched` was made (it holds that memory)
+        self._strided: list[int] = []  # parameters `_batched` leaves out (not contiguous)
         self._restore: tuple[int, float] | None = None  # (seed, α): θ still holds −α·z(seed) (engine inplace)
         # (decay, [(seed, α), …]): the in-place engine's restore and update, left for the next step's first pass
         self._pending: tuple[float, list[tuple[int, float]]] | None = None
@@ -419,19 +420,19 @@ class ZOMethod(Method):
         where = [p.data_ptr() for p in self.params]
         if self._batched is None or where != self._where:  # made again if a parameter was given new memory
             self._where = where
-            flats, starts, self._owners = [], [], []
+            flats, starts, self._owners, self._strided = [], [], [], []
             for i, p in enumerate(self.params):
                 g = lay.group_of[i]
                 if g is None and not p.is_contiguous():
+                    self._strided.append(i)
                     continue
                 flats.append(p.view(-1))
                 starts.append(0 if g is None else lay.offset[i])
                 self._owners.append(i if g is None else lay.members[g][0])
             self._batched = counter.Batched(flats, kind, starts)
-        for i, p in enumerate(self.params):
-            if lay.group_of[i] is None and not p.is_contiguous():
-                for s, a in terms:
-                    p.add_(self.unscaled(i, p, s), alpha=a)
+        for i in self._strided:  # a strided tensor: its z made whole, then added
+            for s, a in terms:
+                self.params[i].add_(self.unscaled(i, self.params[i], s), alpha=a)
         bases = [[self.piece_base(j, self.params[j], s) for j in self._owners] for s, _ in terms]
         second = (bases[1], terms[1][1]) if len(terms) > 1 else ()
         self._batched.add(bases[0], terms[0][1], *second)
