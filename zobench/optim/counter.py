@@ -7,7 +7,9 @@ finaliser, then Box–Muller on 24 + 24 of its bits) into one loop on every core
 Gaussian pass over θ on a 2-core CPU, and any element can be made alone (no pieces needed for
 correctness, only for memory). Rademacher signs come 64 to a hash: number e is −1 where bit e mod 64 of
 the hash of block e div 64 is set; the block's words are made first (1/32 of the numbers' bytes), then
-one loop reads them, so a pass over θ costs little more than the add itself. The numbers are float32
+one loop reads them, so a pass over θ costs little more than the add itself. The in-place engine's passes
+go eight tensors to a compiled call (`Batched`): a model's hundreds of tensors would otherwise pay a
+call's fixed cost each. The numbers are float32
 whatever θ's dtype (a float64 θ gets float32 directions; a bf16 θ gets the float32 step, rounded).
 Without a compiler the same torch ops run eagerly: the same numbers (Gaussian to an ulp of log and
 cos), slower.
