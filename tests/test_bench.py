@@ -32,11 +32,18 @@ def test_bench_table_and_ratios(tiny_result: dict) -> None:
     table = format_table(r).splitlines()
     assert table[0].startswith("model tiny-opt:")
     assert table[1].split() == ["mode", "median", "s", "/", "F", "peak", "RSS", "MB", "/", "inf"]
-    rows = {line.split()[0]: line.split() for line in table[2:-1]}
+    end = next(i for i, line in enumerate(table) if line.startswith("targets: "))
+    rows = {line.split()[0]: line.split() for line in table[2:end]}
     assert set(rows) == set(TIME_MODES) | {"inference"}
     assert rows["forward"][2] == "1.00" and rows["inference"][4] == "1.000"
     assert rows["fo-adam"][3] == "-"  # no memory probe asked for it: shown as missing, not as zero
-    assert table[-1].startswith("targets: zo-sgd / F = ")
+    checked = {line.split()[0]: line.split()[1:] for line in table[end + 1:-1]}  # our modes against the targets
+    assert set(checked) == set(OURS)
+    assert checked["zo-sgd"][:2] == [f"{r['ratios']['zo-sgd / F']:.2f}F", "met" if r["ratios"]["zo-sgd / F"] <= 2.2
+                                     else "MISSED"]
+    assert checked["zo-sgd"][-1] in ("met", "MISSED")  # its memory was probed
+    assert checked["zo-sgd-inplace"][-1] == "-"  # not probed: shown as missing, neither met nor missed
+    assert table[-1].startswith("all three met by: ")
 
 
 def test_our_loss_equals_the_full_logits_loss() -> None:
