@@ -121,18 +121,18 @@ def test_batched_calls_add_what_tensor_by_tensor_adds(kind, monkeypatch):
         for t, s, b, b2 in zip(expected, starts, bases, bases2, strict=True):
             counter.add_(t, kind, s, b, 0.5, *((b2, -2.0) if second else ()))
         got = [t.clone() for t in thetas]
-        counter.add_many(got, kind, starts, bases, 0.5, *((bases2, -2.0) if second else ()))
+        counter.Batched(got, kind, starts).add(bases, 0.5, *((bases2, -2.0) if second else ()))
         for g, e in zip(got, expected, strict=True):
             torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
     with monkeypatch.context() as m:  # no compiler: the same ops eagerly, the same numbers
         m.setattr(counter, "_EAGER_ONLY", {"cpu"})
         eager = [t.clone() for t in thetas]
-        counter.add_many(eager, kind, starts, bases, 0.5, bases2, -2.0)
+        counter.Batched(eager, kind, starts).add(bases, 0.5, bases2, -2.0)
     for e, g in zip(eager, got, strict=True):
         torch.testing.assert_close(e, g, rtol=1e-6, atol=1e-6)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     others = [torch.zeros(n) for n in (192, 8192, 320)]
-    counter.add_many(others, kind, [0, 0, 0], [1, 2, 3], 1.0)
+    counter.Batched(others, kind, [0, 0, 0]).add([1, 2, 3], 1.0)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     assert torch.equal(others[1], whole(kind, 8192, 2))
 

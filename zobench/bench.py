@@ -418,7 +418,7 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def memory_source(device: str) -> str:
+def target_memory(device: str) -> str:
     """The memory figure the targets read: process RSS on a CPU, the GPU's NVML figure on a GPU."""
     return "nvml" if device.startswith("cuda") else "rss"
 
@@ -426,7 +426,7 @@ def memory_source(device: str) -> str:
 def targets(device: str) -> dict[str, list[tuple[str, str, float]]]:
     """Issue 7's targets for each of our variants, as (ratio, comparison, bound): step ≤ 2.2 F, ≥ 1.5× faster
     than the MeZO reference, peak memory ≤ 1.05× inference."""
-    memory = memory_source(device)
+    memory = target_memory(device)
     return {ours: [(f"{ours} / F", "<=", 2.2), (f"mezo-reference / {ours}", ">=", 1.5),
                    (f"{ours} {memory} / inference", "<=", 1.05)] for ours in OURS}
 
@@ -460,7 +460,7 @@ def target_lines(result: dict[str, Any]) -> list[str]:
     """Our modes against the issue's three targets, a line each, then the modes that meet all three."""
     r = result["ratios"]
     lines = [f"targets: step <= 2.2 F | MeZO reference / step >= 1.5 | "
-             f"{memory_source(result['device'])} / inference <= 1.05"]
+             f"{target_memory(result['device'])} / inference <= 1.05"]
     every = []
     for ours, checks in targets(result["device"]).items():
         if f"{ours} / F" not in r:

@@ -240,15 +240,14 @@ class Batched:
     def __init__(self, thetas: list[torch.Tensor], kind: str, starts: list[int]) -> None:
         # the tensors' memory, not the tensors: a view would keep a parameter's use count up, and the virtual
         # engine swaps parameters for views only when nothing else holds them
-        self.thetas = [_rows(t, 1) for t in thetas]
         self.kind, self.starts = kind, starts
-        self.alone: list[int] = []
+        self.alone: dict[int, torch.Tensor] = {}  # tensor index → its numbers, flat (added through `add_`)
         by_type: dict[tuple[torch.dtype, torch.device], list[int]] = {}
         for i, t in reversed(list(enumerate(thetas))):
             if t.numel() % 64 == 0 and t.numel() >= 128 and (kind == "gaussian" or starts[i] % 64 == 0):
                 by_type.setdefault((t.dtype, t.device), []).append(i)
             else:
-                self.alone.append(i)
+                self.alone[i] = _rows(t, 1).view(-1)
         self.batches: list[tuple[list[int], list[torch.Tensor]]] = []  # (members, their rows and the padding)
         for (dtype, device), members in by_type.items():
             for lo in range(0, len(members), _BATCH):
@@ -257,9 +256,9 @@ class Batched:
                 self.batches.append((part, [_rows(thetas[i], 64) for i in part] + pads))
 
     def add(self, bases: list[int], alpha: float, bases2: list[int] | None = None, beta: float = 0.0) -> None:
-        for i in self.alone:
+        for i, flat in self.alone.items():
             second = None if bases2 is None else bases2[i]
-            add_(self.thetas[i].view(-1), self.kind, self.starts[i], bases[i], alpha, second, beta)
+            add_(flat, self.kind, self.starts[i], bases[i], alpha, second, beta)
         job = f"many-{'add' if bases2 is None else 'add2'}-{self.kind}"
         first = [s // 64 for s in self.starts] if self.kind == "rademacher" else self.starts
         keys2 = [0] * len(bases) if bases2 is None else [key_of(b) for b in bases2]
@@ -269,12 +268,6 @@ class Batched:
                 scales = [alpha] if bases2 is None else [alpha, beta]
                 _run(job, rows, torch.tensor(keys, dtype=torch.int64, device=rows[0].device),
                      *(_scalar(a, rows[0], torch.float32) for a in scales))
-
-
-def add_many(thetas: list[torch.Tensor], kind: str, starts: list[int], bases: list[int], alpha: float,
-             bases2: list[int] | None = None, beta: float = 0.0) -> None:
-    """`Batched` for one call."""
-    Batched(thetas, kind, starts).add(bases, alpha, bases2, beta)
 
 
 def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
