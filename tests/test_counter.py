@@ -139,9 +139,18 @@ def test_batched_calls_add_what_tensor_by_tensor_adds(kind, monkeypatch):
 
 def test_counter_layout_starts_every_grouped_tensor_on_a_whole_word():
     params = [torch.zeros(n) for n in (30, 100, 64, 7)]
-    lay = noise.Layout(params, align=64)
+    lay = noise.Layout(params, counter=True)
     assert lay.offset == [0, 64, 192, 256] and lay.size == [263]
     assert noise.Layout(params).offset == [0, 30, 130, 194]  # torch's generator: packed tight, as before
+
+
+def test_counter_layout_groups_tensors_larger_than_a_piece():
+    """`rng: counter` groups hold up to COUNTER_GROUP numbers: a tensor over a piece joins its neighbours."""
+    big = noise.CHUNK + 64
+    params = [torch.zeros(n) for n in (64, big, noise.COUNTER_GROUP - 64, noise.COUNTER_GROUP + 1)]
+    assert noise.Layout(params).group_of == [0, None, None, None]
+    lay = noise.Layout(params, counter=True)
+    assert lay.group_of == [0, 0, 1, None] and lay.offset == [0, 64, 0, 0]
 
 
 def test_in_place_passes_follow_a_parameter_given_new_memory():

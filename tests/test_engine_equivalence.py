@@ -92,6 +92,7 @@ def follow_four_pass(fast_model, ref_model, fast, ref, ids, steps: int, rel: flo
 def test_fast_engine_follows_the_four_pass_trajectory(hp, monkeypatch):
     monkeypatch.setattr(virtual, "BLOCKWISE_MIN", 1000)  # the tiny model's big matrices go block by block
     monkeypatch.setattr(noise, "CHUNK", 500)  # and every tensor of more than 500 numbers comes in pieces
+    monkeypatch.setattr(noise, "COUNTER_GROUP", 500)  # with `rng: counter` too
     fast_model = tiny_llama()
     ref_model = copy.deepcopy(fast_model)
     ids = torch.randint(0, 300, (4, 12), generator=torch.Generator().manual_seed(1))
@@ -105,6 +106,7 @@ def test_fast_engine_follows_the_four_pass_trajectory(hp, monkeypatch):
 def test_counter_directions_materialised_whole_follow_the_four_pass_trajectory(monkeypatch):
     """`rng: counter` with every matrix's θ + εz made whole in one compiled loop (no blockwise products)."""
     monkeypatch.setattr(noise, "CHUNK", 500)  # norms still packed in groups, matrices alone
+    monkeypatch.setattr(noise, "COUNTER_GROUP", 500)
     fast_model = tiny_llama()
     ref_model = copy.deepcopy(fast_model)
     ids = torch.randint(0, 300, (4, 12), generator=torch.Generator().manual_seed(1))
@@ -114,6 +116,20 @@ def test_counter_directions_materialised_whole_follow_the_four_pass_trajectory(m
     monkeypatch.setattr(counter, "shift_", lambda out, *rest: (shifts.append(out.numel()), shift(out, *rest))[1])
     follow_four_pass(fast_model, ref_model, fast, ref, ids, steps=3, rel=1e-5, atol=1e-6)
     assert max(shifts) == 300 * 32  # the tied embedding, made whole
+
+
+@pytest.mark.parametrize("direction", ["rademacher", "gaussian"])
+def test_in_place_counter_groups_in_one_buffer_follow_the_four_pass_trajectory(direction):
+    """The in-place engine moves each `rng: counter` group (here: the whole model but the embedding, in two
+    groups) into one buffer, members at their offsets in the group's draw: the same numbers as tensor by tensor."""
+    fast_model = tiny_llama()
+    ref_model = copy.deepcopy(fast_model)
+    ids = torch.randint(0, 300, (4, 12), generator=torch.Generator().manual_seed(1))
+    hp = {"engine": "inplace", "rng": "counter", "direction": direction, "q": 2}
+    fast, ref = method_for(fast_model, **hp), method_for(ref_model, **hp)
+    follow_four_pass(fast_model, ref_model, fast, ref, ids, steps=3, rel=1e-5, atol=1e-6)
+    storages = {p.untyped_storage().data_ptr() for p in fast_model.parameters()}
+    assert len(storages) < len(list(fast_model.parameters())) / 4  # the groups' members share buffers
 
 
 def test_pieces_are_the_whole_direction_and_blockwise_ops_are_exact(monkeypatch):

@@ -25,6 +25,10 @@ from zobench.optim import counter
 COUNTER = "+counter"  # a kind's suffix: its numbers come from optim/counter.py, not a torch.Generator
 CHUNK = 1 << 18  # numbers per piece on CPU: 1 MiB of float32, stays in cache while it is added to θ
 CUDA_CHUNK = 1 << 24  # on a GPU a piece costs kernel launches, not cache: 32 MiB of bf16, still a fraction
+# `rng: counter` groups hold up to this many numbers (or a piece's, if more): no group is drawn into a buffer by
+# the in-place engine (its members share one, optim/zo.py), so a group costs one loop of a pass whatever its
+# size, and fewer, bigger groups are fewer loops; the virtual engine's θ + εz per group stays 8 MiB of float32
+COUNTER_GROUP = 1 << 21
 _MIX = 0xD1B54A32D192ED03  # odd constant: spreads (base, piece) pairs over the seed space
 _TABLES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 _GENERATORS: dict[torch.device, torch.Generator] = {}  # reseeded before every piece: no state survives
@@ -117,18 +121,20 @@ class Layout:
     in order, into groups of at most one piece's worth that share one draw. Why: a draw, an add and a
     Python call per small tensor (norms, biases, a GPU model's every layer) cost more than the numbers
     in them; a group is one draw and one add however many tensors it holds. A group's draw is seeded like
-    its first tensor's piece 0, so a tensor alone in its group gets exactly its own piece. `align`: every
-    member starts at a multiple of it in the draw (`rng: counter` takes 64: each tensor then starts on a
-    whole hash word, so it can be made alone, in rows of 64, without its group)."""
+    its first tensor's piece 0, so a tensor alone in its group gets exactly its own piece. `counter` (the
+    layout of `rng: counter`): every member starts at a multiple of 64 in the draw (on a whole hash word, so
+    it can be made alone, in rows of 64, without its group), and groups hold up to COUNTER_GROUP numbers."""
 
-    def __init__(self, params: list[torch.Tensor], align: int = 1) -> None:
+    def __init__(self, params: list[torch.Tensor], counter: bool = False) -> None:
+        align = 64 if counter else 1
         self.group_of: list[int | None] = []  # parameter → its group (None: drawn in its own pieces)
         self.offset: list[int] = []  # parameter → where its numbers start in its group's draw
         self.position: list[int] = []  # parameter → its place among its group's members
         self.members: list[list[int]] = []  # group → its parameters, in order
         self.size: list[int] = []  # group → numbers in its draw
         for i, p in enumerate(params):
-            if p.numel() > chunk(p.device) or not p.is_contiguous():
+            limit = max(chunk(p.device), COUNTER_GROUP) if counter else chunk(p.device)
+            if p.numel() > limit or not p.is_contiguous():
                 self.group_of.append(None)
                 self.offset.append(0)
                 self.position.append(0)
@@ -136,7 +142,7 @@ class Layout:
             last = self.members[-1][-1] if self.members else None  # groups hold neighbours only
             at = -(-self.size[-1] // align) * align if self.members else 0
             fits = (last == i - 1 and params[last].dtype == p.dtype and params[last].device == p.device
-                    and at + p.numel() <= chunk(p.device))
+                    and at + p.numel() <= limit)
             if not fits:
                 self.members.append([])
                 self.size.append(0)

@@ -89,6 +89,7 @@ class ZOMethod(Method):
         self._owners: list[int] = []  # for each tensor it adds: whose seed keys its numbers (its group's first)
         self._where: list[int] = []  # the parameters' memory when `_batched` was made (it holds that memory)
         self._strided: list[int] = []  # parameters `_batched` leaves out (not contiguous)
+        self._buffers: dict[int, torch.Tensor] = {}  # the in-place engine's groups, each in one buffer (`_packed`)
         self._restore: tuple[int, float] | None = None  # (seed, α): θ still holds −α·z(seed) (engine inplace)
         # (decay, [(seed, α), …]): the in-place engine's restore and update, left for the next step's first pass
         self._pending: tuple[float, list[tuple[int, float]]] | None = None
@@ -153,7 +154,7 @@ class ZOMethod(Method):
     def layout(self) -> pieces_.Layout:
         """How the parameters' z is drawn (pieces, groups); made once, when the first direction is drawn."""
         if self._layout is None:
-            self._layout = pieces_.Layout(self.params, align=64 if self.hp.rng == "counter" else 1)
+            self._layout = pieces_.Layout(self.params, counter=self.hp.rng == "counter")
         return self._layout
 
     def group_draw(self, g: int, seed: int) -> torch.Tensor:
@@ -415,20 +416,26 @@ class ZOMethod(Method):
 
     def _add_counter(self, kind: str, terms: list[tuple[int, float]]) -> None:
         """`add_z` with `rng: counter`: a grouped tensor takes its numbers straight from its group's z (from its
-        offset on, keyed like the group's draw), so every tensor is added alone, no group drawn first."""
+        offset on, keyed like the group's draw), no group drawn first. The in-place engine moves each group's
+        members into one buffer at their offsets (`_packed`), so a group is one loop of a pass, not one per
+        tensor; the virtual engine, which swaps parameters for views, adds them tensor by tensor."""
         lay = self.layout()
         where = [p.data_ptr() for p in self.params]
         if self._batched is None or where != self._where:  # made again if a parameter was given new memory
-            self._where = where
             flats, starts, self._owners, self._strided = [], [], [], []
             for i, p in enumerate(self.params):
                 g = lay.group_of[i]
                 if g is None and not p.is_contiguous():
                     self._strided.append(i)
-                    continue
-                flats.append(p.view(-1))
-                starts.append(0 if g is None else lay.offset[i])
-                self._owners.append(i if g is None else lay.members[g][0])
+                elif g is None or self.hp.engine != "inplace":
+                    flats.append(p.view(-1))
+                    starts.append(0 if g is None else lay.offset[i])
+                    self._owners.append(i if g is None else lay.members[g][0])
+                elif lay.position[i] == 0:  # a group, once
+                    flats.append(self._packed(g))
+                    starts.append(0)
+                    self._owners.append(i)
+            self._where = [p.data_ptr() for p in self.params]
             self._batched = counter.Batched(flats, kind, starts)
         for i in self._strided:  # a strided tensor: its z made whole, then added
             for s, a in terms:
@@ -436,6 +443,25 @@ class ZOMethod(Method):
         bases = [[self.piece_base(j, self.params[j], s) for j in self._owners] for s, _ in terms]
         second = (bases[1], terms[1][1]) if len(terms) > 1 else ()
         self._batched.add(bases[0], terms[0][1], *second)
+
+    def _packed(self, g: int) -> torch.Tensor:
+        """Group g's buffer: its members' numbers at their offsets in the group's draw, each member's data a view
+        of it. Made (members copied in, one group's memory at a time) the first time, and again for a member
+        given new memory since. Why: a pass's cost on a model of small tensors is per loop, not per number (on
+        MiniLM, 106 tensors in 7 buffers: a pass 0.0068 → 0.0041 s); the gaps the alignment leaves get numbers
+        that nothing reads."""
+        lay = self.layout()
+        members = [(self.params[j], lay.offset[j]) for j in lay.members[g]]
+        buffer = self._buffers.get(g)
+        if buffer is None or any(p.data_ptr() != buffer[at:].data_ptr() for p, at in members):
+            first = members[0][0]
+            size = -(-lay.size[g] // 64) * 64  # whole rows of 64: the tail is more of the stream, read by nothing
+            buffer = self._buffers[g] = torch.zeros(size, dtype=first.dtype, device=first.device)
+            for p, at in members:
+                view = buffer[at:at + p.numel()].view(p.shape)
+                view.copy_(p.detach())
+                p.data = view
+        return buffer
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, loss_fn: LossFn) -> float:
