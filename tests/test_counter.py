@@ -167,3 +167,24 @@ def test_in_place_passes_follow_a_parameter_given_new_memory():
         method.add_z(5, 1.0)
     for i, (p, times) in enumerate(zip(params, (2, 1, 2), strict=True)):
         assert torch.equal(p.detach(), times * method.unscaled(i, p, 5))
+
+
+def test_in_place_groups_move_into_one_buffer_once():
+    """The in-place engine moves a group's members into one buffer (values kept); a second method on the same
+    parameters finds them there and moves nothing (the bench interleaves methods on one model)."""
+    from zobench import registry
+    registry.load_builtins()
+    cls = registry.methods.get("zo-sgd")
+    params = [torch.nn.Parameter(torch.randn(n, generator=torch.Generator().manual_seed(n))) for n in (256, 100, 4096)]
+    before = [p.detach().clone() for p in params]
+    hp = cls.Params.model_validate({"engine": "inplace", "rng": "counter", "direction": "rademacher"})
+    first, second = cls(params, hp, 0), cls(params, hp, 1)
+    with torch.no_grad():
+        first.add_z(5, 0.0)
+        assert len({p.untyped_storage().data_ptr() for p in params}) == 1  # one group, one buffer
+        assert all(torch.equal(p.detach(), b) for p, b in zip(params, before, strict=True))
+        where = [p.data_ptr() for p in params]
+        second.add_z(6, 1.0)
+        assert [p.data_ptr() for p in params] == where
+    for i, (p, b) in enumerate(zip(params, before, strict=True)):
+        assert torch.equal(p.detach(), b + second.unscaled(i, p, 6))

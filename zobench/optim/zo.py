@@ -89,7 +89,6 @@ class ZOMethod(Method):
         self._owners: list[int] = []  # for each tensor it adds: whose seed keys its numbers (its group's first)
         self._where: list[int] = []  # the parameters' memory when `_batched` was made (it holds that memory)
         self._strided: list[int] = []  # parameters `_batched` leaves out (not contiguous)
-        self._buffers: dict[int, torch.Tensor] = {}  # the in-place engine's groups, each in one buffer (`_packed`)
         self._restore: tuple[int, float] | None = None  # (seed, α): θ still holds −α·z(seed) (engine inplace)
         # (decay, [(seed, α), …]): the in-place engine's restore and update, left for the next step's first pass
         self._pending: tuple[float, list[tuple[int, float]]] | None = None
@@ -446,21 +445,24 @@ class ZOMethod(Method):
 
     def _packed(self, g: int) -> torch.Tensor:
         """Group g's buffer: its members' numbers at their offsets in the group's draw, each member's data a view
-        of it. Made (members copied in, one group's memory at a time) the first time, and again for a member
-        given new memory since. Why: a pass's cost on a model of small tensors is per loop, not per number (on
-        MiniLM, 106 tensors in 7 buffers: a pass 0.0068 → 0.0041 s); the gaps the alignment leaves get numbers
-        that nothing reads."""
+        of it. Moved there (members copied in, one group's memory at a time) unless they already are, as
+        another method on the same parameters leaves them. Why: a pass's cost on a model of small tensors is
+        per loop, not per number (MiniLM's 106 tensors in 7 buffers: a pass 0.0068 → 0.0041 s); the gaps the
+        alignment leaves get numbers that nothing reads."""
         lay = self.layout()
         members = [(self.params[j], lay.offset[j]) for j in lay.members[g]]
-        buffer = self._buffers.get(g)
-        if buffer is None or any(p.data_ptr() != buffer[at:].data_ptr() for p, at in members):
-            first = members[0][0]
-            size = -(-lay.size[g] // 64) * 64  # whole rows of 64: the tail is more of the stream, read by nothing
-            buffer = self._buffers[g] = torch.zeros(size, dtype=first.dtype, device=first.device)
-            for p, at in members:
-                view = buffer[at:at + p.numel()].view(p.shape)
-                view.copy_(p.detach())
-                p.data = view
+        first = members[0][0]
+        size = -(-lay.size[g] // 64) * 64  # whole rows of 64: the tail is more of the stream, read by nothing
+        memory = first.untyped_storage()
+        if (first.storage_offset() == 0 and memory.nbytes() == size * first.element_size()
+                and all(p.untyped_storage().data_ptr() == memory.data_ptr() and p.storage_offset() == at
+                        for p, at in members)):
+            return torch.empty(0, dtype=first.dtype, device=first.device).set_(memory, 0, (size,))
+        buffer = torch.zeros(size, dtype=first.dtype, device=first.device)
+        for p, at in members:
+            view = buffer[at:at + p.numel()].view(p.shape)
+            view.copy_(p.detach())
+            p.data = view
         return buffer
 
     # -- the step ---------------------------------------------------------------------------
