@@ -17,7 +17,8 @@ every evaluation). θ returns only up to rounding, but the forwards are plain (n
 is what a GPU's step time is made of. Either way z is made three times per step against MeZO's
 four; fewer draws need both forwards computed together, layer by layer. `rng: counter` makes z's
 numbers from a hash of their position (optim/counter.py) instead of torch's sequential generator:
-compiled, the in-place engine's passes draw, scale and add in one loop per tensor on every core.
+compiled, the in-place engine's passes draw, scale and add in one loop per tensor on every core (a
+group of small tensors is moved into one buffer first, so it is one loop too).
 
 A method is a subclass that says how z is drawn (`draw`, may read the method's state) and how
 the estimate becomes an update (`apply`, or `update` for methods that need more than g·z).
