@@ -184,24 +184,21 @@ class PieceShift:
         self.groups: dict[int, list[torch.Tensor]] = {}
 
     def group(self, g: int) -> list[torch.Tensor]:
-        """θ + αz for every member of group g: one draw, one copy of θ, one add (a fresh buffer each time,
-        so a view an op kept of an earlier group stays valid)."""
+        """θ + αz for every member of group g (`rng: torch`): one draw, one copy of θ, one add (a fresh buffer
+        each time, so a view an op kept of an earlier group stays valid)."""
         method, lay = self.method, self.method.layout()
         ps = [method.params[j] for j in lay.members[g]]
-        flat = _plain(ps[0]).new_zeros(lay.size[g])  # members at their offsets (gaps where the layout aligns them)
+        flat = _plain(ps[0]).new_empty(lay.size[g])
         for p, view in zip(ps, lay.split(flat, g, method.params), strict=True):
             view.copy_(_plain(p))
-        kind = method.counter_kind()
-        if kind is not None:  # drawn and added in one compiled loop
-            counter.add_(flat, kind, 0, method.piece_base(lay.members[g][0], ps[0], self.seed), self.alpha)
-        else:
-            flat.add_(method.group_draw(g, self.seed), alpha=self.alpha)
+        flat.add_(method.group_draw(g, self.seed), alpha=self.alpha)
         return lay.split(flat, g, method.params)
 
     def __call__(self, i: int, raw: torch.Tensor) -> torch.Tensor:
         lay = self.method.layout()
         g = lay.group_of[i]
-        if g is not None:  # the whole group's θ + εz at once, kept while its other members are read
+        kind = self.method.counter_kind()
+        if g is not None and kind is None:  # the whole group's θ + εz at once, kept while its other members are read
             kept = self.groups.pop(g, None)  # least recently used first: a hit moves to the end
             self.groups[g] = kept if kept is not None else self.group(g)
             if len(self.groups) > self.KEEP:
@@ -209,9 +206,11 @@ class PieceShift:
             return self.groups[g][lay.position[i]]
         out = torch.empty(raw.shape, dtype=raw.dtype, device=raw.device)
         src = raw.contiguous().view(-1)
-        kind = self.method.counter_kind()
-        if kind is not None:  # θ read once, θ + εz written once, in one compiled loop
-            counter.shift_(out.view(-1), src, kind, 0, self.method.piece_base(i, raw, self.seed), self.alpha)
+        if kind is not None:  # θ read once, θ + εz written once, in one compiled loop; a grouped tensor made
+            # alone from its group's numbers at its offset (a counter group, up to 2^21 numbers, is not made whole)
+            start, owner = (0, i) if g is None else (lay.offset[i], lay.members[g][0])
+            base = self.method.piece_base(owner, raw, self.seed)
+            counter.shift_(out.view(-1), src, kind, start, base, self.alpha)
             return out
         dst, width = out.view(-1), rows_of(raw.shape)[1]
         for r0, r1, z in self.method.pieces(i, raw, self.seed):
