@@ -29,7 +29,7 @@ from torch.utils import swap_tensors
 from torch.utils._pytree import tree_leaves, tree_map
 
 from zobench.optim import counter
-from zobench.optim.noise import rows_of
+from zobench.optim.noise import chunk, rows_of
 
 if TYPE_CHECKING:
     from zobench.optim.zo import ZOMethod
@@ -181,36 +181,45 @@ class PieceShift:
     def __init__(self, method: ZOMethod, seed: int, scale: float) -> None:
         self.method, self.seed = method, seed
         self.alpha = scale * method.sphere_scale(seed)  # before any piece: the sphere pass reseeds
-        self.groups: dict[int, list[torch.Tensor]] = {}
+        self.kept: dict[int, dict[int, torch.Tensor]] = {}  # first member → {member: its θ + εz}, oldest first
 
-    def group(self, g: int) -> list[torch.Tensor]:
-        """θ + αz for every member of group g (`rng: torch`): one draw, one copy of θ, one add (a fresh buffer
-        each time, so a view an op kept of an earlier group stays valid)."""
+    def members(self, i: int) -> dict[int, torch.Tensor]:
+        """θ + αz for grouped parameter i and members of its group read with it: one copy of θ and one add for
+        all (a fresh buffer each time, so a view an op kept of an earlier one stays valid). `rng: torch`: the
+        whole group, from one draw. `rng: counter` (groups of up to 2^21 numbers): i and the members after it
+        within a piece's worth of numbers, made in one compiled loop from the group's numbers at their offsets."""
         method, lay = self.method, self.method.layout()
-        ps = [method.params[j] for j in lay.members[g]]
-        flat = _plain(ps[0]).new_empty(lay.size[g])
-        for p, view in zip(ps, lay.split(flat, g, method.params), strict=True):
-            view.copy_(_plain(p))
-        flat.add_(method.group_draw(g, self.seed), alpha=self.alpha)
-        return lay.split(flat, g, method.params)
+        g, kind = lay.group_of[i], method.counter_kind()
+        take = lay.members[g] if kind is None else lay.members[g][lay.position[i]:]
+        lo, first = lay.offset[take[0]], _plain(method.params[take[0]])
+        end = [lay.offset[j] + method.params[j].numel() - lo for j in take]
+        if kind is not None:
+            take = take[:max(1, sum(e <= chunk(first.device) for e in end))]  # offsets grow: a prefix fits
+        flat = first.new_zeros(end[len(take) - 1])  # gaps where a counter layout aligns members: read by nothing
+        views = {j: flat[lay.offset[j] - lo:end[n]].view(method.params[j].shape) for n, j in enumerate(take)}
+        for j, view in views.items():
+            view.copy_(_plain(method.params[j]))
+        if kind is None:
+            flat.add_(method.group_draw(g, self.seed), alpha=self.alpha)
+        else:
+            base = method.piece_base(lay.members[g][0], first, self.seed)
+            counter.add_(flat, kind, lo, base, self.alpha)
+        return views
 
     def __call__(self, i: int, raw: torch.Tensor) -> torch.Tensor:
         lay = self.method.layout()
-        g = lay.group_of[i]
         kind = self.method.counter_kind()
-        if g is not None and kind is None:  # the whole group's θ + εz at once, kept while its other members are read
-            kept = self.groups.pop(g, None)  # least recently used first: a hit moves to the end
-            self.groups[g] = kept if kept is not None else self.group(g)
-            if len(self.groups) > self.KEEP:
-                del self.groups[next(iter(self.groups))]
-            return self.groups[g][lay.position[i]]
+        if lay.group_of[i] is not None:  # θ + εz of its group's members at once, kept while the others are read
+            key = next((k for k, views in self.kept.items() if i in views), None)
+            views = self.kept.pop(key) if key is not None else self.members(i)  # a hit moves to the end
+            self.kept[next(iter(views))] = views
+            if len(self.kept) > self.KEEP:
+                del self.kept[next(iter(self.kept))]
+            return views[i]
         out = torch.empty(raw.shape, dtype=raw.dtype, device=raw.device)
         src = raw.contiguous().view(-1)
-        if kind is not None:  # θ read once, θ + εz written once, in one compiled loop; a grouped tensor made
-            # alone from its group's numbers at its offset (a counter group, up to 2^21 numbers, is not made whole)
-            start, owner = (0, i) if g is None else (lay.offset[i], lay.members[g][0])
-            base = self.method.piece_base(owner, raw, self.seed)
-            counter.shift_(out.view(-1), src, kind, start, base, self.alpha)
+        if kind is not None:  # θ read once, θ + εz written once, in one compiled loop
+            counter.shift_(out.view(-1), src, kind, 0, self.method.piece_base(i, raw, self.seed), self.alpha)
             return out
         dst, width = out.view(-1), rows_of(raw.shape)[1]
         for r0, r1, z in self.method.pieces(i, raw, self.seed):
