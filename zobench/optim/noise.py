@@ -27,7 +27,7 @@ CHUNK = 1 << 18  # numbers per piece on CPU: 1 MiB of float32, stays in cache wh
 CUDA_CHUNK = 1 << 24  # on a GPU a piece costs kernel launches, not cache: 32 MiB of bf16, still a fraction
 # `rng: counter` groups hold up to this many numbers (or a piece's, if more): no group is drawn into a buffer by
 # the in-place engine (its members share one, optim/zo.py), so a group costs one loop of a pass whatever its
-# size, and fewer, bigger groups are fewer loops; the virtual engine makes each member's θ + εz alone
+# size, and fewer, bigger groups are fewer loops; the virtual engine makes θ + εz a piece's worth of members at a time
 COUNTER_GROUP = 1 << 21
 _MIX = 0xD1B54A32D192ED03  # odd constant: spreads (base, piece) pairs over the seed space
 _TABLES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}

@@ -448,7 +448,7 @@ class ZOMethod(Method):
         """Group g's buffer: its members' numbers at their offsets in the group's draw, each member's data a view
         of it. Moved there (members copied in, one group's memory at a time) unless they already are, as
         another method on the same parameters leaves them. Why: a pass's cost on a model of small tensors is
-        per loop, not per number (MiniLM's 106 tensors in 7 buffers: a pass 0.0068 → 0.0041 s); the gaps the
+        per loop, not per number (MiniLM's 106 tensors in 7 loops: a pass 0.0068 → 0.0041 s); the gaps the
         alignment leaves get numbers that nothing reads."""
         lay = self.layout()
         members = [(self.params[j], lay.offset[j]) for j in lay.members[g]]
