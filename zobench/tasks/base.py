@@ -6,7 +6,6 @@ baselines render demonstrations (ICL) and read frozen features (linear probing).
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt
 from zobench.errors import FieldError, UserError
 from zobench.models.base import ModelBundle
 from zobench.tasks import metrics
+from zobench.tasks.sampling import mezo_indices, mezo_subset
 from zobench.tasks.scoring import Choice, answer_loss, choice_loss, encode, option_scores
 from zobench.workload import Workload
 
@@ -79,6 +79,7 @@ class PromptWorkload(Workload):
     tokenizer: Any = None
     kind: str = "causal"
     max_length: int = 256
+    example_ids: dict[str, list[str]] = field(default_factory=dict)  # per split, each example's source row
     demonstrations: str = ""  # prepended to dev/test prompts by ICL
     device: torch.device = torch.device("cpu")
 
@@ -106,31 +107,46 @@ class PromptWorkload(Workload):
         return [replace(e, prompt=self.demonstrations + e.prompt) for e in examples]
 
 
-def mezo_splits(train: list[Any] | None, valid: list[Any], p: Any, seed: int) -> tuple[dict[str, list[Any]], str]:
-    """MeZO's protocol: train and dev drawn (disjoint, seeded) from train; test sampled from validation.
+@dataclass
+class Sampled:
+    """Rows of each split in sampling order, each row's id ('<source split>:<row index>') and how they were drawn."""
 
-    With no train split (a local copy that lacks it), test is drawn from validation first and train/dev are
-    carved from the rest; the returned note says so.
+    parts: dict[str, list[Any]]
+    ids: dict[str, list[str]]
+    note: str
+
+
+def mezo_sample(train: list[Any] | None, valid: list[Any], p: Any, seed: int) -> Sampled:
+    """MeZO's protocol (zobench/tasks/sampling.py): train and dev from one seeded permutation of the train split,
+    dev its last `dev_size`; test the first `test_size` of a permutation of validation under the same seed.
+
+    With no train split (a local copy that lacks it), test is drawn from validation as MeZO draws it, and train
+    and dev are drawn by MeZO's rule from the validation rows left; the note says so.
     """
-    note = "mezo: train/dev from train, test from validation"
+    note = "mezo: train/dev from train, test from validation (princeton-nlp/MeZO run.py:479-488)"
+    train_source = "train"
+    train_ids = list(range(len(train))) if train is not None else []
     if train is None:
-        order = list(range(len(valid)))
-        random.Random(seed + 2).shuffle(order)
-        n_test = min(p.test_size, len(order) // 2)
-        test_rows = [valid[i] for i in sorted(order[:n_test])]
-        train, valid, note = [valid[i] for i in order[n_test:]], test_rows, (
-            "no train split here: test, then train/dev drawn disjointly from validation")
-    rng = random.Random(seed)
-    order = list(range(len(train)))
-    rng.shuffle(order)
-    short = len(order) < p.train_size + p.dev_size  # small train split: keep a fifth for dev
-    n_dev = min(p.dev_size, len(order) // 5) if short else p.dev_size
-    dev_idx, train_idx = order[:n_dev], order[n_dev:n_dev + p.train_size]
-    test_idx = list(range(len(valid)))
-    if len(test_idx) > p.test_size:
-        test_idx = sorted(random.Random(seed + 1).sample(test_idx, p.test_size))
-    return {"train": [train[i] for i in train_idx], "dev": [train[i] for i in dev_idx],
-            "test": [valid[i] for i in test_idx]}, note
+        test_idx = mezo_subset(len(valid), seed, min(p.test_size, len(valid) // 2))
+        taken = set(test_idx)
+        train_ids = [i for i in range(len(valid)) if i not in taken]
+        train, train_source = [valid[i] for i in train_ids], "validation"
+        note = "no train split here: test drawn from validation, then train/dev from the validation rows left"
+        idx = mezo_indices(len(train), 0, p.train_size, p.dev_size, 0, seed)
+        idx["test"] = test_idx
+    else:
+        idx = mezo_indices(len(train), len(valid), p.train_size, p.dev_size, p.test_size, seed)
+    parts = {"train": [train[i] for i in idx["train"]], "dev": [train[i] for i in idx["dev"]],
+             "test": [valid[i] for i in idx["test"]]}
+    ids = {split: [f"{train_source}:{train_ids[i]}" for i in idx[split]] for split in ("train", "dev")}
+    ids["test"] = [f"validation:{i}" for i in idx["test"]]
+    return Sampled(parts, ids, note)
+
+
+def mezo_splits(train: list[Any] | None, valid: list[Any], p: Any, seed: int) -> tuple[dict[str, list[Any]], str]:
+    """`mezo_sample` without the ids (the generation and custom tasks' entry point)."""
+    sampled = mezo_sample(train, valid, p, seed)
+    return sampled.parts, sampled.note
 
 
 class ChoiceTask(Task):
@@ -155,18 +171,26 @@ class ChoiceTask(Task):
         raise NotImplementedError
 
     @classmethod
-    def render_all(cls, rows: list[dict[str, Any]]) -> list[Choice]:
+    def render_all(cls, rows: list[dict[str, Any]], ids: list[str] | None = None) -> tuple[list[Choice], list[str]]:
+        """Every row's examples (a row may render to several), and each example's row id when `ids` are given."""
         out: list[Choice] = []
-        for row in rows:
+        out_ids: list[str] = []
+        for n, row in enumerate(rows):
             r = cls.render(row)
-            out.extend(r if isinstance(r, list) else [r])
-        return out
+            r = r if isinstance(r, list) else [r]
+            out.extend(r)
+            out_ids.extend([ids[n]] * len(r) if ids is not None else [])
+        return out, out_ids
 
     @classmethod
     def splits(cls, p: ChoiceParams, seed: int) -> dict[str, list[Choice]]:
-        parts, note = mezo_splits(cls.load(p, "train", seed), cls.load(p, "validation", seed) or [], p, seed)
-        cls._note = note
-        return {k: cls.render_all(v) for k, v in parts.items()}
+        """The rendered examples of train, dev and test, in sampling order; their row ids go to `cls._ids`."""
+        sampled = mezo_sample(cls.load(p, "train", seed), cls.load(p, "validation", seed) or [], p, seed)
+        cls._note = sampled.note
+        data, cls._ids = {}, {}
+        for split, rows in sampled.parts.items():
+            data[split], cls._ids[split] = cls.render_all(rows, sampled.ids[split])
+        return data
 
     @classmethod
     def check_model(cls, bundle: ModelBundle) -> None:
@@ -182,10 +206,11 @@ class ChoiceTask(Task):
         if bundle is None:
             raise UserError(f"task '{cls.registered_name}' needs a model")
         cls.check_model(bundle)
-        cls._note = ""
+        cls._note, cls._ids = "", {}
         data = cls.splits(p, seed)
         if not data["train"]:
-            raise UserError(f"task '{cls.registered_name}': the train split is empty")
+            raise UserError(f"task '{cls.registered_name}': the train split is empty (MeZO takes dev_size="
+                            f"{getattr(p, 'dev_size', '?')} from the end of the sampled train rows); lower dev_size")
         return choice_workload(cls, p, data, bundle, device)
 
 
@@ -246,6 +271,6 @@ def choice_workload(task: type[ChoiceTask], p: ChoiceParams, data: dict[str, lis
     workload = PromptWorkload(
         module=model, train_size=len(data["train"]), loss=loss, make_batch=make_batch, evaluate=evaluate,
         metric="accuracy", higher_is_better=True, info=info, data=data, tokenizer=bundle.tokenizer,
-        kind=bundle.kind, max_length=p.max_length, device=device,
+        kind=bundle.kind, max_length=p.max_length, device=device, example_ids=dict(getattr(task, "_ids", {})),
     )
     return workload

@@ -84,12 +84,12 @@ def read_table(path: Path) -> list[dict[str, Any]]:
     raise UserError(f"{path}: unknown data format '{suffix}'; use .csv, .tsv, .jsonl or .json")
 
 
-def hub(path: str, name: str | None, split: str) -> list[dict[str, Any]]:
+def hub(path: str, name: str | None, split: str, revision: str | None = None) -> list[dict[str, Any]]:
     """A split of a hub dataset as a list of dicts; offline or unreachable → one clear message."""
     from datasets import load_dataset
 
     try:
-        return list(load_dataset(path, name, split=split))
+        return list(load_dataset(path, name, split=split, revision=revision))
     except Exception as e:  # datasets raises many kinds when offline or when the id is wrong
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         where = f"{path}" + (f"/{name}" if name else "")

@@ -18,7 +18,6 @@ The k-shot seed is `data_seed`, or the run seed when unset (MeZO's seeds: 13, 21
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,6 +29,7 @@ from zobench.models.base import ModelBundle
 from zobench.registry import tasks
 from zobench.tasks.base import ChoiceParams, ChoiceTask, choice_workload
 from zobench.tasks.io import hub, read_csv, read_tsv, read_tsv_rows
+from zobench.tasks.sampling import lmbff_kshot, lmbff_test_1k
 from zobench.tasks.scoring import Choice
 
 
@@ -51,6 +51,8 @@ class KShotTask(ChoiceTask):
     labels: ClassVar[list[str]] = []  # LM-BFF's label list (raw label values as strings)
     words: ClassVar[list[str]] = []  # verbalizer, in label order
     hub_id: ClassVar[tuple[str, str | None, str]] = ("", None, "")  # path, config, test split
+    hub_revision: ClassVar[str | None] = None
+    glue_style: ClassVar[bool] = True  # GLUE tsv (test cut by a seed-42 shuffle) or csv (DataFrame.sample)
 
     @classmethod
     def render_text(cls, text: str, text_b: str | None) -> tuple[str, str]:
@@ -87,7 +89,7 @@ class KShotTask(ChoiceTask):
         if data_dir is not None:
             return cls.read_file(data_dir, split)
         path, name, test_split = cls.hub_id
-        rows = hub(path, name, "train" if split == "train" else test_split)
+        rows = hub(path, name, "train" if split == "train" else test_split, revision=cls.hub_revision)
         return [cls.from_hub(r) for r in rows if int(r.get("label", 0)) >= 0]
 
     @classmethod
@@ -95,24 +97,19 @@ class KShotTask(ChoiceTask):
         raise NotImplementedError
 
     @classmethod
-    def sample(cls, p: KShotParams, seed: int) -> dict[str, list[tuple[str, str | None, str]]]:
+    def sample(cls, p: KShotParams, seed: int) -> tuple[dict[str, list[tuple[str, str | None, str]]],
+                                                         dict[str, list[str]]]:
+        """LM-BFF's k-shot train/dev from the full train rows and MeZO's 1k test (zobench/tasks/sampling.py),
+        with each example's row id in the full files."""
         data_dir = Path(p.data_dir) if p.data_dir else None
         train = cls.full_rows(data_dir, "train")
-        rng = random.Random(seed)
-        order = list(range(len(train)))
-        rng.shuffle(order)
-        parts: dict[str, list] = {"train": [], "dev": []}
-        taken = {lab: 0 for lab in cls.labels}
-        for i in order:  # LM-BFF: per class, the first k shuffled rows train, the next k are dev
-            lab = train[i][2]
-            if lab in taken and taken[lab] < 2 * p.k:
-                parts["train" if taken[lab] < p.k else "dev"].append(train[i])
-                taken[lab] += 1
+        idx = lmbff_kshot([r[2] for r in train], p.k, seed)
         test = cls.full_rows(data_dir, "test")
-        if len(test) > p.test_size:
-            test = [test[i] for i in sorted(random.Random(seed + 1).sample(range(len(test)), p.test_size))]
-        parts["test"] = test
-        return parts
+        idx["test"] = lmbff_test_1k(len(test), csv_style=not cls.glue_style, limit=p.test_size)
+        parts = {s: [train[i] for i in idx[s]] for s in ("train", "dev")}
+        parts["test"] = [test[i] for i in idx["test"]]
+        ids = {s: [f"{'test' if s == 'test' else 'train'}:{i}" for i in idx[s]] for s in ("train", "dev", "test")}
+        return parts, ids
 
     @classmethod
     def splits(cls, p: ChoiceParams, seed: int) -> dict[str, list[Choice]]:
@@ -120,10 +117,11 @@ class KShotTask(ChoiceTask):
         folder = cls.kshot_folder(Path(p.data_dir), p.k, seed) if p.data_dir else None
         if folder is not None:
             raw = {s: cls.read_file(folder, s) for s in ("train", "dev", "test")}
+            cls._ids = {s: [f"{s}:{i}" for i in range(len(rows))] for s, rows in raw.items()}
             cls._note = f"LM-BFF k-shot files {folder.parent.name}/{folder.name}"
         else:
-            raw = cls.sample(p, seed)
-            cls._note = f"k={p.k} per class sampled with seed {seed}"
+            raw, cls._ids = cls.sample(p, seed)
+            cls._note = f"k={p.k} per class sampled with seed {seed} (LM-BFF tools/generate_k_shot_data.py)"
         return {s: [cls.choice(*r) for r in rows] for s, rows in raw.items()}
 
     @classmethod
@@ -194,6 +192,7 @@ class SST5KShot(SentimentKShot):
 
     folder, labels, words = "sst-5", ["0", "1", "2", "3", "4"], ["terrible", "bad", "okay", "good", "great"]
     hub_id = ("SetFit/sst5", None, "test")
+    glue_style = False
 
     @classmethod
     def read_file(cls, folder: Path, split: str) -> list[tuple[str, str | None, str]]:
@@ -209,11 +208,19 @@ class SST5KShot(SentimentKShot):
 @tasks.register("trec-mlm")
 class TRECKShot(KShotTask):
     """TREC (coarse): '<mask>: <question>' → {Description, Entity, Expression, Human, Location, Number}.
-    Files: LM-BFF csv (label,question). Hub: CogComp/trec (coarse_label)."""
+
+    Files: LM-BFF csv (label,question), LM-BFF's numbering (0 DESC, 1 ENTY, 2 ABBR, 3 HUM, 4 LOC, 5 NUM; its
+    verbalizer, LM-BFF tools/generate_template.py:277, says 'Expression' for ABBR). Hub: CogComp/trec's parquet
+    conversion (the main branch is a loading script, which datasets >= 4 refuses), whose `coarse_label` names
+    are ABBR, ENTY, DESC, HUM, LOC, NUM: hub 0 and 2 swap places in LM-BFF's numbering."""
 
     folder, labels = "trec", ["0", "1", "2", "3", "4", "5"]
     words = ["Description", "Entity", "Expression", "Human", "Location", "Number"]
     hub_id = ("CogComp/trec", None, "test")
+    hub_revision = "refs/convert/parquet"
+    glue_style = False
+    hub_coarse_names: ClassVar[list[str]] = ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]  # hub coarse_label order
+    lmbff_names: ClassVar[list[str]] = ["DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"]  # LM-BFF's label order
 
     @classmethod
     def render_text(cls, text: str, text_b: str | None) -> tuple[str, str]:
@@ -225,7 +232,8 @@ class TRECKShot(KShotTask):
 
     @classmethod
     def from_hub(cls, row: dict[str, Any]) -> tuple[str, str | None, str]:
-        return row["text"], None, str(row["coarse_label"])
+        name = cls.hub_coarse_names[int(row["coarse_label"])]
+        return row["text"], None, str(cls.lmbff_names.index(name))
 
 
 @tasks.register("snli-mlm")

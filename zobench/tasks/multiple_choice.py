@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import PositiveInt
+
 from zobench.registry import tasks
 from zobench.tasks.base import ChoiceParams
 from zobench.tasks.io import hub, read_jsonl
@@ -24,6 +26,9 @@ class COPA(SuperGLUETask):
     hub_name = "copa"
     data_files = ("train.jsonl", "val.jsonl")
     train_as_classification = False
+
+    class Params(ChoiceParams):
+        dev_size: PositiveInt = 100  # MeZO's mezo.sh / finetune.sh: Copa has < 1000 train examples, DEV=100
 
     @staticmethod
     def capitalize(choice: str) -> str:

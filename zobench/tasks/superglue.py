@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import PositiveInt
+
 from zobench.registry import tasks
-from zobench.tasks.base import ChoiceTask
+from zobench.tasks.base import ChoiceParams, ChoiceTask
 from zobench.tasks.io import hub, read_jsonl
 from zobench.tasks.scoring import Choice
 
@@ -75,6 +77,9 @@ class CB(SuperGLUETask):
 
     hub_name = "cb"
     data_files = ("train.jsonl", "val.jsonl")
+
+    class Params(ChoiceParams):
+        dev_size: PositiveInt = 100  # MeZO's mezo.sh / finetune.sh: CB has < 1000 train examples, DEV=100
 
     @classmethod
     def normalize(cls, row: dict[str, Any], local: bool) -> dict[str, Any]:
