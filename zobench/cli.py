@@ -196,5 +196,35 @@ def list_cmd(what: Annotated[str, typer.Argument(help="methods | tasks | models 
         out.print(f"{name:24s} {doc[0] if doc else ''}", highlight=False, soft_wrap=True)
 
 
+@app.command(name="data")
+def data_cmd(
+    task: Annotated[str, typer.Argument(help="a task name (zobench list tasks)")],
+    seed: Annotated[int, typer.Option(help="the run's seed (LM-BFF tasks: the k-shot seed unless data_seed)")] = 0,
+    split: Annotated[str, typer.Option(help="train | dev | test")] = "train",
+    data_dir: Annotated[str | None, typer.Option(help="the task's local files; default: the hub")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="a task parameter, KEY=VALUE "
+                                                    "(YAML value), e.g. -p train_size=1000")] = None,
+) -> None:
+    """The exact examples a run with this seed uses, in sampling order, as JSONL: rendered text, label, row id."""
+    import json
+
+    import yaml
+
+    from zobench.tasks.export import examples
+
+    try:
+        params: dict[str, object] = {"data_dir": data_dir} if data_dir else {}
+        for item in param or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise UserError(f"--param '{item}': expected KEY=VALUE, e.g. --param train_size=1000")
+            params[key.strip()] = yaml.safe_load(value)
+        rows = examples(task, seed, split, params)
+    except UserError as e:
+        fail(e)
+    for row in rows:
+        sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

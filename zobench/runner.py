@@ -8,6 +8,7 @@ a summary. A run that diverges, runs out of memory or crashes is recorded with t
 from __future__ import annotations
 
 import gc
+import json
 import math
 import os
 import random
@@ -99,6 +100,9 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> dict[str, Any]:
     summary["memory"] = memory.record()
     summary["memory_by_phase"] = memory.by_window()  # setup / inference probe / train / evaluation
     summary["phases"] = clock.summary()
+    if "example_ids" in summary:
+        store.write_text(run_id, "examples.json", json.dumps(summary.pop("example_ids")))
+        summary["examples_file"] = "examples.json"
     store.write_curve(run_id, curve)
     store.write_summary(run_id, summary)
     return summary
@@ -114,6 +118,8 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
     workload = registry.tasks.get(spec.task.name).build(spec.task.params, bundle, device, spec.seed)
     if known is not None:  # a run that fails later still lands in its task's table column
         known.update(metric=workload.metric, higher_is_better=workload.higher_is_better)
+        if getattr(workload, "example_ids", None):  # which rows the run saw: written to examples.json
+            known["example_ids"] = workload.example_ids
     if settings.compile:  # before any forward: the probe, preparation and evaluations run compiled too
         torch._dynamo.reset()  # this run's own graphs: none left by an earlier run in this process
         compile_blocks(workload.module)

@@ -20,7 +20,7 @@ from zobench.errors import UserError
 from zobench.models.base import ModelBundle
 from zobench.registry import tasks
 from zobench.tasks import metrics
-from zobench.tasks.base import NonDifferentiableObjective, PromptWorkload, Task, mezo_splits
+from zobench.tasks.base import NonDifferentiableObjective, PromptWorkload, Task, mezo_sample
 from zobench.tasks.io import hub, read_json
 from zobench.tasks.scoring import Choice, answer_loss
 
@@ -66,9 +66,17 @@ class GenerationTask(Task):
         p = GenerationParams.model_validate(params)
         if bundle is None or bundle.kind != "causal":
             raise UserError(f"task '{cls.registered_name}' generates answers: it needs a causal LM")
-        parts, note = mezo_splits(cls.rows("train", p.data_dir), cls.rows("validation", p.data_dir) or [], p, seed)
-        data = {k: [cls.render(r) for r in v] for k, v in parts.items()}
-        return generation_workload(p, data, bundle, device, note)
+        data = cls.splits(p, seed)
+        workload = generation_workload(p, data, bundle, device, cls._note)
+        workload.example_ids = dict(cls._ids)
+        return workload
+
+    @classmethod
+    def splits(cls, p: GenerationParams, seed: int) -> dict[str, list[Answerable]]:
+        """MeZO's sample of train, dev and test, rendered; row ids in `cls._ids`, how they were drawn in `_note`."""
+        sampled = mezo_sample(cls.rows("train", p.data_dir), cls.rows("validation", p.data_dir) or [], p, seed)
+        cls._note, cls._ids = sampled.note, sampled.ids
+        return {k: [cls.render(r) for r in v] for k, v in sampled.parts.items()}
 
 
 def newline_ids(tokenizer: Any) -> list[int]:
