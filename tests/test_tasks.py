@@ -222,3 +222,31 @@ def test_causal_task_refuses_a_masked_model(data_dir):
     with pytest.raises(UserError, match="masked LM"):
         registry.tasks.get("rte").build({"data_dir": str(data_dir / "rte"), **SMALL}, bundle, CPU, 0)
     assert byte_tokenizer().mask_token is None
+
+
+# TREC's coarse classes in the original release (Li & Roth 2002; cogcomp.seas.upenn.edu/Data/QA/QC/):
+# questions per class in train_5500 and TREC_10, by name.
+TREC_COUNTS = {"ABBR": (86, 9), "DESC": (1162, 138), "ENTY": (1250, 94), "HUM": (1223, 65), "LOC": (835, 81),
+               "NUM": (896, 113)}
+HUB_TREC_COARSE = ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]  # CogComp/trec coarse_label ClassLabel names
+
+
+def test_trec_hub_labels_map_onto_lmbffs_numbering(data_dir):
+    """A hub row of coarse class c lands on the LM-BFF label whose local rows are the class c questions."""
+    import collections
+    import csv
+
+    task = registry.tasks.get("trec-mlm")
+    assert task.hub_id[0] == "CogComp/trec" and task.hub_revision == "refs/convert/parquet"  # script-free
+    counts = {}
+    for split, column in (("train", 0), ("test", 1)):
+        with (data_dir / "trec" / f"{split}.csv").open(encoding="utf-8", newline="") as f:
+            counts[column] = collections.Counter(row[0] for row in csv.reader(f))
+    label_of = {}
+    for hub_label, name in enumerate(HUB_TREC_COARSE):
+        label_of[name] = task.from_hub({"text": "What does NASA stand for ?", "coarse_label": hub_label})[2]
+        assert (counts[0][label_of[name]], counts[1][label_of[name]]) == TREC_COUNTS[name], name
+    assert sorted(label_of.values()) == task.labels
+    abbreviations = splits("trec-mlm", seed=13, data_dir=str(data_dir / "trec"), k=16)
+    assert task.words[int(label_of["ABBR"])] == "Expression" and task.words[int(label_of["DESC"])] == "Description"
+    assert any(e.label == int(label_of["ABBR"]) and "stand for" in e.suffix for e in abbreviations["train"])
