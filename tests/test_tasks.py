@@ -250,3 +250,35 @@ def test_trec_hub_labels_map_onto_lmbffs_numbering(data_dir):
     abbreviations = splits("trec-mlm", seed=13, data_dir=str(data_dir / "trec"), k=16)
     assert task.words[int(label_of["ABBR"])] == "Expression" and task.words[int(label_of["DESC"])] == "Description"
     assert any(e.label == int(label_of["ABBR"]) and "stand for" in e.suffix for e in abbreviations["train"])
+
+
+def _bos_tokenizer():
+    """A word-level tokenizer that starts every text with BOS '</s>' (id 2), as OPT's does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": 4 + i for i in range(10)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="</s> $A", special_tokens=[("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def test_truncation_keeps_the_bos_and_the_option_as_mezo():
+    """MeZO (large_models/utils.py:163-166): cut from the left after the BOS; OPT's BOS is id 0 (run.py:174-176)."""
+    tok = _bos_tokenizer()
+    prompt = " ".join(f"w{i}" for i in range(8))  # ids 4..11 after BOS
+    batch = encode([Choice(prompt, [" w9"], 0)], tok, 5, CPU)
+    assert batch["input_ids"][0].tolist() == [2, 9, 10, 11, 13]
+    assert encode([Choice(prompt, [" w9"], 0)], tok, 5, CPU, bos_id=0)["input_ids"][0].tolist() == [0, 9, 10, 11, 13]
+    short = encode([Choice("w0", [" w9"], 0)], tok, 5, CPU)
+    assert short["input_ids"][0].tolist() == [2, 4, 13] and short["option_mask"][0].tolist() == [False, False, True]
+
+
+def test_max_length_is_mezos_capped_by_the_model(data_dir):
+    bundle = tiny(TINY_LLAMA)  # 128 positions
+    task = registry.tasks.get("sst2")
+    assert task.Params().max_length == 2048
+    w = task.build({"data_dir": str(data_dir / "sst2"), **SMALL}, bundle, CPU, 0)
+    assert w.max_length == 128 and w.info["max_length"] == 128 and w.bos_id is None

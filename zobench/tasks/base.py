@@ -65,7 +65,7 @@ class ChoiceParams(BaseModel):
     train_size: PositiveInt = 1000  # MeZO: 1000 train and 500 dev drawn from train, 1000 test from validation
     dev_size: PositiveInt = 500
     test_size: PositiveInt = 1000
-    max_length: PositiveInt = 256
+    max_length: PositiveInt = 2048  # MeZO's run.py default; capped by the model's limit (`model_max_length`)
     eval_batch_size: PositiveInt = 32
     objective: Objective = "loss"  # accuracy / f1: the (non-differentiable) metric on the batch is what ZO optimises
     train_as_classification: bool | None = None  # None: MeZO's choice for the task (CE over options or answer NLL)
@@ -80,6 +80,7 @@ class PromptWorkload(Workload):
     kind: str = "causal"
     max_length: int = 256
     example_ids: dict[str, list[str]] = field(default_factory=dict)  # per split, each example's source row
+    bos_id: int | None = None  # replaces the tokenizer's BOS (MeZO's OPT: 0)
     demonstrations: str = ""  # prepended to dev/test prompts by ICL
     device: torch.device = torch.device("cpu")
 
@@ -91,7 +92,8 @@ class PromptWorkload(Workload):
             return encode_masked(examples, self.tokenizer, self.max_length, self.device)
         if any(e.suffix for e in examples):  # an LM-BFF prompt on a causal LM: score the option where the mask was
             examples = [replace(e, suffix="") for e in examples]
-        return encode(examples, self.tokenizer, self.max_length, self.device, only_correct=only_correct)
+        return encode(examples, self.tokenizer, self.max_length, self.device, only_correct=only_correct,
+                      bos_id=self.bos_id)
 
     def set_demonstrations(self, text: str, separator: str = "\n\n") -> None:
         """ICL: every evaluated prompt is `demonstrations + separator + prompt` (truncated from the left)."""
@@ -214,6 +216,23 @@ class ChoiceTask(Task):
         return choice_workload(cls, p, data, bundle, device)
 
 
+def _config(bundle: ModelBundle) -> Any:
+    model = bundle.model.get_base_model() if hasattr(bundle.model, "get_base_model") else bundle.model
+    return getattr(model, "config", None)
+
+
+def model_max_length(bundle: ModelBundle, asked: int) -> int:
+    """MeZO's max_length: 2048 unless the model takes fewer positions (run.py:45 'max length the model can take')."""
+    limits = [getattr(_config(bundle), "max_position_embeddings", None),
+              getattr(bundle.tokenizer, "model_max_length", None)]  # RoBERTa: 514 positions, 512 tokens
+    return min([asked] + [n for n in limits if isinstance(n, int) and 0 < n < 1_000_000])
+
+
+def mezo_bos_id(bundle: ModelBundle) -> int | None:
+    """OPT's sequences start with id 0 in MeZO (run.py:174-176 sets `tokenizer.bos_token_id = 0` for OPT)."""
+    return 0 if getattr(_config(bundle), "model_type", None) == "opt" else None
+
+
 def choice_workload(task: type[ChoiceTask], p: ChoiceParams, data: dict[str, list[Choice]], bundle: ModelBundle,
                     device: torch.device) -> PromptWorkload:
     model = bundle.model
@@ -265,12 +284,14 @@ def choice_workload(task: type[ChoiceTask], p: ChoiceParams, data: dict[str, lis
         return {"accuracy": correct / n, "f1": metrics.macro_f1(preds, [e.label for e in examples]),
                 "loss": loss_sum / n}
 
+    max_length = model_max_length(bundle, p.max_length)
     info: dict[str, Any] = {f"{k}_size": len(v) for k, v in data.items()}
-    info.update(objective=p.objective, protocol=getattr(task, "_note", ""),
+    info.update(max_length=max_length, objective=p.objective, protocol=getattr(task, "_note", ""),
                 train_loss="classification" if not only_correct else "answer-nll")
     workload = PromptWorkload(
         module=model, train_size=len(data["train"]), loss=loss, make_batch=make_batch, evaluate=evaluate,
         metric="accuracy", higher_is_better=True, info=info, data=data, tokenizer=bundle.tokenizer,
-        kind=bundle.kind, max_length=p.max_length, device=device, example_ids=dict(getattr(task, "_ids", {})),
+        kind=bundle.kind, max_length=max_length, device=device, example_ids=dict(getattr(task, "_ids", {})),
+        bos_id=mezo_bos_id(bundle),
     )
     return workload

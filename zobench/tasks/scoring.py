@@ -45,22 +45,41 @@ def context_ids(tokenizer: Any, prompt: str) -> list[int]:
     return ids
 
 
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts a BOS token in front of every text (MeZO's `tokenizer.add_bos_token`)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    return tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos] != \
+        tokenizer("a", add_special_tokens=False)["input_ids"][:1]
+
+
+def truncate_left(ids: list[int], max_length: int, keep_first: bool) -> list[int]:
+    """MeZO's truncation (large_models/utils.py:163-166): drop tokens from the left, keeping the BOS token."""
+    if len(ids) <= max_length:
+        return ids
+    return ids[:1] + ids[1:][-(max_length - 1):] if keep_first else ids[-max_length:]
+
+
 def encode(choices: list[Choice], tokenizer: Any, max_length: int, device: torch.device,
-           only_correct: bool = False) -> dict[str, Any]:
+           only_correct: bool = False, bos_id: int | None = None) -> dict[str, Any]:
     """Left-padded ids for every (example, option) pair, the mask of option tokens, and labels.
 
-    `only_correct`: one row per example, its correct option (teacher forcing). Prompts are truncated
-    from the left so prompt + option fits `max_length` (as MeZO does).
+    `only_correct`: one row per example, its correct option (teacher forcing). A sequence longer than
+    `max_length` loses tokens from the left but keeps the tokenizer's BOS, as MeZO's encoder does. `bos_id`
+    replaces that BOS (MeZO gives OPT id 0: run.py:174-176).
     """
+    keep_first = adds_bos(tokenizer)
     rows, opt_lens, counts = [], [], []
     for c in choices:
         prompt_ids = context_ids(tokenizer, c.prompt)
+        if keep_first and bos_id is not None:
+            prompt_ids = [bos_id, *prompt_ids[1:]]
         options = [c.options[c.label]] if only_correct else c.options
         counts.append(len(options))
         for opt in options:
-            opt_ids = tokenizer(opt, add_special_tokens=False)["input_ids"][: max_length - 1] or [0]
-            keep = max(1, max_length - len(opt_ids))
-            rows.append(prompt_ids[-keep:] + opt_ids)
+            opt_ids = tokenizer(opt, add_special_tokens=False)["input_ids"][: max_length - 1 - keep_first] or [0]
+            rows.append(truncate_left(prompt_ids + opt_ids, max_length, keep_first))
             opt_lens.append(len(opt_ids))
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
