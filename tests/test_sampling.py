@@ -139,3 +139,35 @@ def test_a_run_records_its_example_ids(data_dir, tmp_path, write_suite):
     ref = mezo_reference(67349, 872, 8, 4, 6, 3)
     assert recorded["train"] == [f"train:{i}" for i in ref["train"]]
     assert recorded["test"] == [f"validation:{i}" for i in ref["test"]]
+
+
+def test_icl_gives_each_evaluated_example_mezos_demonstrations(data_dir):
+    """MeZO's ICL prompt for test example i: its own k demonstrations from the whole train split, each
+    '<sentence> It was <word>', joined by a blank line, then the example's prompt (utils.py:124-141)."""
+    from conftest import TINY_LLAMA
+
+    from zobench.training_free import ICL
+
+    bundle = registry.models.get("tiny").load({"config": TINY_LLAMA}, torch_cpu(), 0)
+    w = registry.tasks.get("sst2").build({"data_dir": str(data_dir / "sst2"), "train_size": 8, "dev_size": 4,
+                                          "test_size": 5}, bundle, torch_cpu(), 0)
+    ICL(w.trainable(), ICL.Params(k=3), 0).prepare(w)
+    with (data_dir / "sst2" / "train.tsv").open(encoding="utf-8", newline="") as f:
+        train = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    state = np.random.get_state()
+    np.random.seed(0)
+    seeds = np.random.randint(0, 10000, 5)
+    np.random.set_state(state)
+    shown = w.eval_examples("test")
+    for i, s in enumerate(seeds):
+        np.random.seed(int(s))
+        demos = [train[j] for j in np.random.permutation(len(train)).tolist()[:3]]
+        text = "\n\n".join(f"{d['sentence'].strip()} It was {['terrible', 'great'][int(d['label'])]}" for d in demos)
+        assert shown[i].prompt == text + "\n\n" + w.data["test"][i].prompt
+    assert w.info["icl_draw"].startswith("per-example") and w.info["icl_demonstrations"] == 3
+
+
+def torch_cpu():
+    import torch
+
+    return torch.device("cpu")

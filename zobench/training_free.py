@@ -15,7 +15,7 @@ test). `prepare(workload)` runs once before evaluation:
 from __future__ import annotations
 
 import random
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -60,7 +60,8 @@ class ICLParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     k: PositiveInt = 32  # MeZO: 32 demonstrations
     separator: str = "\n\n"  # MeZO's train_sep
-    demo_seed: int | None = None  # None: the run seed
+    demo_seed: int | None = None  # None: the run seed (draw: shared)
+    draw: Literal["per-example", "shared"] = "per-example"  # MeZO's icl.sh: each evaluated example its own k
 
 
 @methods.register("icl")
@@ -72,6 +73,9 @@ class ICL(TrainingFree):
 
     def prepare(self, workload: Any) -> None:
         w = prompt_workload(workload, "icl")
+        if self.hp.draw == "per-example" and w.demonstration_pool is not None:
+            w.info.update(w.draw_demonstrations(self.hp.k, self.hp.separator))  # zobench/tasks/sampling.py
+            return
         train = w.data["train"]
         seed = self.seed if self.hp.demo_seed is None else self.hp.demo_seed
         demos = random.Random(seed).sample(train, min(self.hp.k, len(train)))

@@ -6,6 +6,7 @@ baselines render demonstrations (ICL) and read frozen features (linear probing).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt
 from zobench.errors import FieldError, UserError
 from zobench.models.base import ModelBundle
 from zobench.tasks import metrics
-from zobench.tasks.sampling import mezo_indices, mezo_subset
+from zobench.tasks.sampling import mezo_icl_demonstrations, mezo_indices, mezo_subset
 from zobench.tasks.scoring import Choice, answer_loss, choice_loss, encode, option_scores
 from zobench.workload import Workload
 
@@ -83,6 +84,8 @@ class PromptWorkload(Workload):
     bos_id: int | None = None  # replaces the tokenizer's BOS (MeZO's OPT: 0)
     demonstrations: str = ""  # prepended to dev/test prompts by ICL
     device: torch.device = torch.device("cpu")
+    demonstration_pool: Callable[[], list[Any]] | None = None  # the whole train split, rendered (MeZO's ICL)
+    example_demonstrations: dict[str, list[str]] = field(default_factory=dict)  # per split, per example
 
     def encode(self, examples: list[Choice], only_correct: bool = False) -> dict[str, Any]:
         """A model batch: masked-LM prompts at the mask, causal prompts with their options (or the correct one)."""
@@ -102,8 +105,31 @@ class PromptWorkload(Workload):
                             "masked LM")
         self.demonstrations = text + separator if text else ""
 
+    def draw_demonstrations(self, k: int, separator: str = "\n\n") -> dict[str, Any]:
+        """MeZO's ICL (icl.sh, run.py:514-521): every evaluated example gets its own k demonstrations from the
+        whole train split, drawn by `mezo_icl_demonstrations`; each is its prompt completed with its correct
+        option, stripped, and they are joined by the separator (utils.py:124-125). Returns what to record."""
+        if self.kind != "causal":
+            raise UserError("in-context demonstrations are implemented for causal LMs only; this task uses a "
+                            "masked LM")
+        if self.demonstration_pool is None:
+            raise UserError("this task has no train split to draw per-example demonstrations from; use the "
+                            "icl method's draw: shared")
+        pool = self.demonstration_pool()
+        lengths = []
+        for split in ("dev", "test"):
+            draws = mezo_icl_demonstrations(len(pool), k, len(self.data[split]))
+            texts = [separator.join(pool[i].answer_text().strip() for i in idx) for idx in draws]
+            self.example_demonstrations[split] = [t + separator if t else "" for t in texts]
+            lengths += [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts[:8]]
+        return {"icl_demonstrations": min(k, len(pool)), "icl_draw": "per-example (MeZO)",
+                "icl_demo_tokens": max(lengths, default=0), "icl_truncated": max(lengths, default=0) >= self.max_length}
+
     def eval_examples(self, split: str) -> list[Any]:
         examples = self.data[split]
+        if split in self.example_demonstrations:
+            return [replace(e, prompt=d + e.prompt.lstrip(" "))
+                    for d, e in zip(self.example_demonstrations[split], examples, strict=True)]
         if not self.demonstrations:
             return examples
         return [replace(e, prompt=self.demonstrations + e.prompt) for e in examples]
@@ -116,6 +142,7 @@ class Sampled:
     parts: dict[str, list[Any]]
     ids: dict[str, list[str]]
     note: str
+    pool: list[Any] = field(default_factory=list)  # the rows train and dev were drawn from (MeZO's ICL pool)
 
 
 def mezo_sample(train: list[Any] | None, valid: list[Any], p: Any, seed: int) -> Sampled:
@@ -142,7 +169,7 @@ def mezo_sample(train: list[Any] | None, valid: list[Any], p: Any, seed: int) ->
              "test": [valid[i] for i in idx["test"]]}
     ids = {split: [f"{train_source}:{train_ids[i]}" for i in idx[split]] for split in ("train", "dev")}
     ids["test"] = [f"validation:{i}" for i in idx["test"]]
-    return Sampled(parts, ids, note)
+    return Sampled(parts, ids, note, train)
 
 
 def mezo_splits(train: list[Any] | None, valid: list[Any], p: Any, seed: int) -> tuple[dict[str, list[Any]], str]:
@@ -188,7 +215,7 @@ class ChoiceTask(Task):
     def splits(cls, p: ChoiceParams, seed: int) -> dict[str, list[Choice]]:
         """The rendered examples of train, dev and test, in sampling order; their row ids go to `cls._ids`."""
         sampled = mezo_sample(cls.load(p, "train", seed), cls.load(p, "validation", seed) or [], p, seed)
-        cls._note = sampled.note
+        cls._note, cls._pool = sampled.note, sampled.pool
         data, cls._ids = {}, {}
         for split, rows in sampled.parts.items():
             data[split], cls._ids[split] = cls.render_all(rows, sampled.ids[split])
@@ -208,7 +235,7 @@ class ChoiceTask(Task):
         if bundle is None:
             raise UserError(f"task '{cls.registered_name}' needs a model")
         cls.check_model(bundle)
-        cls._note, cls._ids = "", {}
+        cls._note, cls._ids, cls._pool = "", {}, []
         data = cls.splits(p, seed)
         if not data["train"]:
             raise UserError(f"task '{cls.registered_name}': the train split is empty (MeZO takes dev_size="
@@ -231,6 +258,11 @@ def model_max_length(bundle: ModelBundle, asked: int) -> int:
 def mezo_bos_id(bundle: ModelBundle) -> int | None:
     """OPT's sequences start with id 0 in MeZO (run.py:174-176 sets `tokenizer.bos_token_id = 0` for OPT)."""
     return 0 if getattr(_config(bundle), "model_type", None) == "opt" else None
+
+
+def _pool(task: type[ChoiceTask]) -> Callable[[], list[Any]] | None:
+    rows = getattr(task, "_pool", None)
+    return (lambda: task.render_all(rows)[0]) if rows else None
 
 
 def choice_workload(task: type[ChoiceTask], p: ChoiceParams, data: dict[str, list[Choice]], bundle: ModelBundle,
@@ -292,6 +324,6 @@ def choice_workload(task: type[ChoiceTask], p: ChoiceParams, data: dict[str, lis
         module=model, train_size=len(data["train"]), loss=loss, make_batch=make_batch, evaluate=evaluate,
         metric="accuracy", higher_is_better=True, info=info, data=data, tokenizer=bundle.tokenizer,
         kind=bundle.kind, max_length=max_length, device=device, example_ids=dict(getattr(task, "_ids", {})),
-        bos_id=mezo_bos_id(bundle),
+        bos_id=mezo_bos_id(bundle), demonstration_pool=_pool(task),
     )
     return workload
