@@ -20,9 +20,16 @@ from zobench.errors import UserError
 from zobench.models.base import ModelBundle
 from zobench.registry import tasks
 from zobench.tasks import metrics
-from zobench.tasks.base import NonDifferentiableObjective, PromptWorkload, Task, mezo_sample
+from zobench.tasks.base import (
+    NonDifferentiableObjective,
+    PromptWorkload,
+    Task,
+    mezo_bos_id,
+    mezo_sample,
+    model_max_length,
+)
 from zobench.tasks.io import hub, read_json
-from zobench.tasks.scoring import Choice, answer_loss
+from zobench.tasks.scoring import Choice, adds_bos, answer_loss, truncate_left
 
 
 @dataclass
@@ -38,7 +45,7 @@ class GenerationParams(BaseModel):
     train_size: PositiveInt = 1000
     dev_size: PositiveInt = 500
     test_size: PositiveInt = 1000
-    max_length: PositiveInt = 1024
+    max_length: PositiveInt = 2048  # MeZO's; capped by the model, less max_new_tokens when generating
     max_new_tokens: PositiveInt = 50
     eval_batch_size: PositiveInt = 8
     objective: Literal["loss", "f1", "em"] = "loss"
@@ -87,9 +94,16 @@ def newline_ids(tokenizer: Any) -> list[int]:
 
 
 def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[str], max_length: int, max_new_tokens: int,
-             device: torch.device) -> list[str]:
-    """Greedy continuations of left-padded prompts, cut at the first newline."""
-    rows = [tokenizer(pr, add_special_tokens=True)["input_ids"][-(max_length - max_new_tokens):] for pr in prompts]
+             device: torch.device, bos_id: int | None = None) -> list[str]:
+    """Greedy continuations of left-padded prompts, cut at the first newline. Prompts keep their last
+    max_length - max_new_tokens tokens and their BOS (MeZO's large_models/utils.py:157-166)."""
+    keep_first = adds_bos(tokenizer)
+    rows = []
+    for pr in prompts:
+        ids = tokenizer(pr, add_special_tokens=True)["input_ids"]
+        if keep_first and bos_id is not None:
+            ids = [bos_id, *ids[1:]]
+        rows.append(truncate_left(ids, max_length - max_new_tokens, keep_first))
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -114,7 +128,8 @@ def generation_workload(p: GenerationParams, data: dict[str, list[Answerable]], 
         return batch
 
     def decoded_scores(examples: list[Answerable]) -> tuple[list[float], list[float]]:
-        preds = generate(model, tok, [e.prompt for e in examples], p.max_length, p.max_new_tokens, device)
+        preds = generate(model, tok, [e.prompt for e in examples], max_length, p.max_new_tokens, device,
+                         workload.bos_id)
         return ([metrics.best_f1(q, e.answers) for q, e in zip(preds, examples, strict=True)],
                 [metrics.best_em(q, e.answers) for q, e in zip(preds, examples, strict=True)])
 
@@ -153,11 +168,16 @@ def generation_workload(p: GenerationParams, data: dict[str, list[Answerable]], 
         count = max(len(examples), 1)
         return {"f1": sum(f1s) / count, "em": sum(ems) / count, "loss": nll / max(tokens, 1.0)}
 
+    max_length = model_max_length(bundle, p.max_length)
+    if max_length <= p.max_new_tokens:
+        raise UserError(f"max_length {max_length} (the model's limit or the task's) leaves no room for the prompt "
+                        f"with max_new_tokens {p.max_new_tokens}; lower max_new_tokens")
     info: dict[str, Any] = {f"{k}_size": len(v) for k, v in data.items()}
-    info.update(objective=p.objective, protocol=note, train_loss="answer-nll")
+    info.update(max_length=max_length, objective=p.objective, protocol=note, train_loss="answer-nll")
     workload = PromptWorkload(module=model, train_size=len(data["train"]), loss=loss, make_batch=make_batch,
                               evaluate=evaluate, metric="f1", higher_is_better=True, info=info, data=data,
-                              tokenizer=tok, kind="causal", max_length=p.max_length, device=device)
+                              tokenizer=tok, kind="causal", max_length=max_length, device=device,
+                              bos_id=mezo_bos_id(bundle))
     return workload
 
 
