@@ -56,7 +56,7 @@ class ZOSGDMomentum(ZOMethod):
 
     @torch.no_grad()
     def apply(self, i: int, p: torch.Tensor, est: torch.Tensor) -> None:
-        if self.hp.weight_decay:
+        if self.hp.weight_decay and self.decays(i):
             est.add_(p, alpha=self.hp.weight_decay)
         buf = self.buf[i]
         if buf is None:
@@ -98,7 +98,7 @@ class ZOSGDConservative(ZOMethod):
         if sign:
             with torch.no_grad():
                 for i, p in enumerate(self.params):
-                    if self.hp.weight_decay:
+                    if self.hp.weight_decay and self.decays(i):
                         p.mul_(1 - lr * self.hp.weight_decay)
                     p.add_(self.estimate(i, p, seeds, grads), alpha=sign * lr)
         return base
