@@ -16,12 +16,15 @@ PHI = {"alpha": 1.0, "beta1": 0.1, "beta2": 1.5}  # φ of Eq. 7 for α, β1, β2
 END = {"alpha": 0.5, "beta1": 0.9, "beta2": 0.01}  # the values the paper's text fixes for t ≥ T2
 
 
-def cosine(t: int, t1: int, t2: int, t3: int, phi: float) -> float:
+def cosine(t: int, t1: int, t2: int, t3: int, phi: float, monotone: bool = False) -> float:
     """Eq. 7's middle branch, 0.5 + 0.5·cos(π (t − T1) / (T3 − (t − T1)·φ·(T3 − T2)/(T2 − T1))), with t held
     at T2 after it. The paper prints the numerator as (T3 − T1), which makes the schedule jump at T1; the
-    authors' code (MathIsAll/ZO-AdaMU trainer.py:242) uses (t − T1), which starts the cosine at 1."""
+    authors' code (MathIsAll/ZO-AdaMU trainer.py:242) uses (t − T1), which starts the cosine at 1.
+    Where φ(T3 − T2) + T1 > T2 the angle passes π before T2 and the cosine climbs again; `monotone`
+    stops it at 0 instead (the paper's Figure 1 shows every value annealing one way)."""
     s = min(t, t2) - t1
-    return 0.5 + 0.5 * math.cos(math.pi * s / (t3 - s * phi * (t3 - t2) / (t2 - t1)))
+    angle = s / (t3 - s * phi * (t3 - t2) / (t2 - t1))
+    return 0.5 + 0.5 * math.cos(math.pi * (min(angle, 1.0) if monotone else angle))
 
 
 def anneal(t: int, t1: int, t2: int, t3: int, phi: float, end: float | None = None) -> float:
@@ -30,15 +33,15 @@ def anneal(t: int, t1: int, t2: int, t3: int, phi: float, end: float | None = No
     end None (authors' code): the cosine itself, held at its T2 value for t ≥ T2, as trainer.py:238-246
     does (there the third branch repeats the cosine at T2); with the suite's T's that is α ≈ 0.04,
     β1 ≈ 0.19, β2 ≈ 0. end set (paper): the text's end points (§ "simulated annealing": α = 0.5,
-    β1 = 0.9, β2 = 0.01 for t ≥ T2) reached continuously: the same cosine rescaled from [c(T2), 1]
-    onto [end, 1], so phase 2 keeps Eq. 7's shape and phase 3 holds the stated values.
+    β1 = 0.9, β2 = 0.01 for t ≥ T2) reached continuously: the cosine (stopped at 0, see `cosine`)
+    rescaled from [c(T2), 1] onto [end, 1], so phase 2 keeps Eq. 7's shape, every value stays between
+    its end point and 1, and phase 3 holds the stated values.
     """
     if t < t1:
         return 1.0
-    c = cosine(t, t1, t2, t3, phi)
     if end is None:
-        return c
-    c_end = cosine(t2, t1, t2, t3, phi)
+        return cosine(t, t1, t2, t3, phi)
+    c, c_end = cosine(t, t1, t2, t3, phi, monotone=True), cosine(t2, t1, t2, t3, phi, monotone=True)
     return end + (1 - end) * (c - c_end) / (1 - c_end)
 
 
