@@ -66,8 +66,9 @@ class HiZOO(ZOMethod):
                 for seed, (plus, minus) in zip(seeds, self.pairs, strict=True):
                     u = self.noise(p, self.generator(p, seed, i)).mul_(self.sphere_scale(seed))
                     fresh.addcmul_(u, u, value=abs(plus + minus - 2 * base) / (2 * hp.eps**2) / q)
-                # Σ⁻¹ ← (1−α)Σ⁻¹ + α·curvature·u²·Σ⁻¹  (diag of Σ^{-1/2} u uᵀ Σ^{-1/2})
-                self.hess[i].mul_(1 - hp.hessian_smooth).addcmul_(fresh, self.hess[i], value=hp.hessian_smooth)
+                # Σ⁻¹ ← (1−α)Σ⁻¹ + α·curvature·u²·Σ⁻¹  (diag of Σ^{-1/2} u uᵀ Σ^{-1/2}), both terms from the old Σ⁻¹
+                fresh.mul_(self.hess[i])
+                self.hess[i].mul_(1 - hp.hessian_smooth).add_(fresh, alpha=hp.hessian_smooth)
             self.apply(i, p, step if step is not None else self.estimate(i, p, seeds, grads))
 
     def state_tensors(self) -> list[torch.Tensor]:
