@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-
-import torch
 from typing import Literal
 
+import torch
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from zobench.optim.zo import ZOMethod, ZOParams
