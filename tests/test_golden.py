@@ -106,7 +106,7 @@ SHAPES = [(4, 3), (3,)]  # a matrix and a vector (bias-like: MeZO does not decay
 
 # --------------------------------------------------------------------------- MeZO ZO-SGD
 def test_zo_sgd_is_mezo_with_biases_and_norms_not_decayed():
-    """princeton-nlp/MeZO large_models/trainer.py:731-745 (g) and :800-806 (update): θ ← θ − η(g z + wd θ),
+    """princeton-nlp/MeZO large_models/trainer.py:757-789 (g) and :791-806 (update): θ ← θ − η(g z + wd θ),
     the wd term skipped for biases and LayerNorm weights (here: the 1-D tensor)."""
     params, loss = problem(SHAPES)
     rec = Recorder()
@@ -414,7 +414,7 @@ def test_cge_steps_with_deepzero_sgd_momentum(nesterov):
 
 # --------------------------------------------------------------------------- forward gradient
 def test_forward_grad_is_the_exact_directional_derivative_times_z():
-    """ZO-Bench trainer.py:1364-1412 (forward_grad_step): jvp of L along v, θ ← θ − η (∇L·v) v."""
+    """ZO-Bench trainer.py:1357-1412 (forward_grad_step): jvp of L along v, θ ← θ − η (∇L·v) v."""
     params, loss = problem(SHAPES)
     rec = Recorder()
     lr = 0.02
