@@ -167,6 +167,16 @@ def tidy(results: list[Result]) -> pd.DataFrame:
                          for r in results for s in range(r.final.shape[0]) for k, lr in enumerate(r.lrs)])
 
 
+def reached(frame: pd.DataFrame, within: float = 0.05) -> pd.DataFrame:
+    """Methods × functions: how many learning rates of the grid end, median over seeds, within `within`
+    of the optimum (how forgiving each method is of its learning rate); from `tidy`'s frame."""
+    med = frame.groupby(["method", "function", "lr"])["final_distance"].median().reset_index()
+    counts = (med["final_distance"] <= within).groupby([med["method"], med["function"]]).sum().unstack()
+    counts = counts[[f for f in FUNCTIONS if f in counts.columns]]
+    counts.columns = [f"({f})" if len(f) == 1 else f for f in counts.columns]
+    return counts.astype(int)
+
+
 def figure(results: list[Result]) -> bytes:
     """2 × 3 panels: contours, each method's median-seed trajectory at its best learning rate, start and optimum."""
     from matplotlib.colors import LogNorm
@@ -230,8 +240,12 @@ def main(argv: list[str] | None = None) -> None:
                f"{args.seeds} seeds (first-order: deterministic, 1 run), at each cell's best lr of {LRS[0]:g}…"
                f"{LRS[-1]:g} (×√10); ε = {EPS:g}; ZO-AdaMU T1/T2/T3 = {t1}/{t2}/{t3}; starts: "
                + "; ".join(f"{k} {v.start}" for k, v in FUNCTIONS.items()))
-    (args.out / "final-distance.md").write_text(f"{caption}\n\n{frame.to_markdown()}\n")
-    tidy(results).to_csv(args.out / "final-distance-all.csv", index=False)
+    every = tidy(results)
+    counts = reached(every)
+    (args.out / "final-distance.md").write_text(
+        f"{caption}\n\n{frame.to_markdown()}\n\nLearning rates (of {len(LRS)}) whose median run ends within 0.05 "
+        f"of the optimum:\n\n{counts.to_markdown()}\n")
+    every.to_csv(args.out / "final-distance-all.csv", index=False)
     (args.out / "figure2.png").write_bytes(figure(results))
     print(frame.to_markdown())
 
