@@ -466,3 +466,12 @@ def test_figure2_first_order_rules_equal_torch(name):
             fn.f(point[0], point[1]).backward()
             opt.step()
         close(torch.tensor(result.path[-1, 0, k]), point.detach(), f"{name} lr {lr}")
+
+
+def test_figure2_writes_the_figure_and_tables(tmp_path):
+    figure2.main(["--out", str(tmp_path), "--steps", "40", "--seeds", "2", "--record-every", "10"])
+    table = (tmp_path / "final-distance.md").read_text()
+    assert "median of 2 seeds" in table and "zo-adamu-code" in table and "Learning rates (of 12)" in table
+    every = figure2.pd.read_csv(tmp_path / "final-distance-all.csv")
+    assert len(every) == 6 * (3 * 2 + 2) * len(figure2.LRS)  # functions × (ZO seeds + FO runs) × lrs
+    assert (tmp_path / "figure2.png").stat().st_size > 10_000
