@@ -52,8 +52,9 @@ def four_pass_step(model: torch.nn.Module, directions, loss_fn, seeds: list[int]
                 p.add_(z, alpha=hp.eps)
             grads.append((plus - minus) / (2 * hp.eps))
             losses.append((plus + minus) / 2)
-        for p in params:  # decoupled decay: θ − η(g·z + wd·θ), as MeZO's zo_update
-            p.mul_(1 - hp.lr * hp.weight_decay)
+        for p in params:  # θ − η(g·z + wd·θ), as MeZO's zo_update (trainer.py:803: not biases, layer norms)
+            if p.dim() >= 2:
+                p.mul_(1 - hp.lr * hp.weight_decay)
         for seed, g in zip(seeds, grads, strict=True):
             for i, p in enumerate(params):
                 p.add_(directions(i, p, seed), alpha=-hp.lr * g / len(seeds))

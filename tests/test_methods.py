@@ -10,7 +10,7 @@ import torch
 from zobench import registry
 from zobench.errors import FieldError
 from zobench.optim.zo import ZOMethod
-from zobench.optim.zo_adamu import anneal
+from zobench.optim.zo_adamu import END, PHI, anneal
 
 ZO = [n for n, cls in registry.methods.items() if issubclass(cls, ZOMethod)]
 FO = [n for n, cls in registry.methods.items() if n.startswith("fo-")]
@@ -157,12 +157,13 @@ def test_a_non_differentiable_objective_is_optimised():
 BUDGET = {  # method: (hyper-parameters on the quadratic, on softmax regression)
     "zo-sgd": ({"lr": 0.01}, {"lr": 10.0}), "zo-sgd-sign": ({"lr": 0.03}, {"lr": 0.03}),
     "zo-sgd-mmt": ({"lr": 0.001}, {"lr": 3.0}), "zo-sgd-cons": ({"lr": 0.01}, {"lr": 10.0}),
-    "zo-adam": ({"lr": 0.1}, {"lr": 0.03}),  # 0.1 on softmax regression passed for 1 seed in 6
+    "zo-adam": ({"lr": 0.1}, {"lr": 0.03}), "zo-adamm": ({"lr": 0.1}, {"lr": 0.03}),
     "zo-adamu": ({"lr": 0.01, "t1": 20, "t2": 100, "t3": 150}, {"lr": 10.0, "t1": 20, "t2": 100, "t3": 150}),
+    "zo-adamu-code": ({"lr": 0.01, "t1": 20, "t2": 100, "t3": 150}, {"lr": 10.0, "t1": 20, "t2": 100, "t3": 150}),
     "forward-grad": ({"lr": 0.01}, {"lr": 10.0}), "hizoo": ({"lr": 0.01, "hessian_smooth": 0.01}, {"lr": 10.0}),
     "lozo": ({"lr": 0.01}, {"lr": 10.0}), "subzero": ({"lr": 0.01}, {"lr": 10.0}),
     "sparse-mezo": ({"lr": 0.01, "sparsity": 0.1}, {"lr": 10.0, "sparsity": 0.25}),
-    "cge": ({"lr": 0.01, "q": 4}, {"lr": 10.0, "q": 8}), "rge": ({"lr": 0.01}, {"lr": 10.0}),
+    "cge": ({"lr": 0.002, "q": 4}, {"lr": 1.0, "q": 8}), "rge": ({"lr": 0.01}, {"lr": 10.0}),
     "fo-sgd": ({"lr": 0.05}, {"lr": 10.0}), "fo-adam": ({"lr": 0.1}, {"lr": 0.1}),
     "fo-adamw": ({"lr": 0.1}, {"lr": 0.1}), "fo-adamax": ({"lr": 0.1}, {"lr": 0.1}),
 }
@@ -239,7 +240,8 @@ def _held_tensors(obj: object, params: list[torch.Tensor]) -> list[torch.Tensor]
     return out
 
 
-STATE = {"zo-sgd-mmt": 1, "zo-adam": 3, "zo-adamu": 1, "hizoo": 1}  # parameter-sized tensors per parameter
+STATE = {"zo-sgd-mmt": 1, "zo-adam": 2, "zo-adamm": 3, "zo-adamu": 1, "zo-adamu-code": 1, "hizoo": 1,
+         "cge": 1}  # parameter-sized tensors per parameter
 
 
 @pytest.mark.parametrize("name", ZO)
@@ -276,5 +278,18 @@ def test_zo_adamu_schedule_follows_eq7():
     values = [anneal(t, t1, t2, t3, 1.0) for t in range(t1, t2 + 1, 50)]
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))  # α anneals down on [T1, T2)
     assert anneal(t2, t1, t2, t3, 1.5) == anneal(t3, t1, t2, t3, 1.5)  # held after T2
+
+
+@pytest.mark.parametrize(("t1", "t2", "t3"), [(100, 800, 1000), (1024, 76_000, 95_000), (4, 16, 20)])
+def test_zo_adamu_paper_schedule_ends_at_the_texts_values(t1, t2, t3):
+    """The text fixes α = 0.5, β1 = 0.9, β2 = 0.01 from T2 on; the way there is continuous and one-way
+    (also where Eq. 7's angle passes π before T2, as with the authors' 1024 / 0.8 T / T)."""
+    for key, phi in PHI.items():
+        values = [anneal(t, t1, t2, t3, phi, END[key]) for t in range(1, t3 + 1)]
+        assert values[:t1 - 1] == [1.0] * (t1 - 1)
+        assert values[t2 - 1:] == pytest.approx([END[key]] * (t3 - t2 + 1), rel=1e-12)
+        assert all(a >= b for a, b in zip(values, values[1:], strict=False)), key
+        assert max(abs(a - b) for a, b in zip(values, values[1:], strict=False)) < 0.5, key
+    assert (END["alpha"], END["beta1"], END["beta2"]) == (0.5, 0.9, 0.01)
     with pytest.raises(ValueError, match="pole"):
         registry.methods.get("zo-adamu").Params.model_validate({"t1": 10, "t2": 20, "t3": 100})

@@ -6,7 +6,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from zobench.optim.base import LossFn
 from zobench.optim.zo import ZOMethod, ZOParams
@@ -23,6 +23,10 @@ class RGE(ZOMethod):
 
     The engine's zo-sgd with a forward difference by default (eps is μ); `direction: sphere` gives
     the sphere version (DeepZero's d·u with u on the unit sphere, μ rescaled by √d). No state.
+    The paper's Eq. 1 estimator, unbiased for the smoothed gradient. The released `rge`
+    (OPTML-Group/DeepZero algorithm/zoo/gradient_estimate.py:13-31) normalises u per tensor and
+    returns (L(θ + μû) − L(θ))·û, μ/‖u‖ times ours; it only ranks weights for pruning
+    (algorithm/prune/importance_scores.py:67-71), where a common scale cancels, and never trains.
     """
 
     Params = RGEParams
@@ -33,6 +37,8 @@ class CGEParams(ZOParams):
     q: PositiveInt | None = None  # coordinates estimated per step; None: all d (DeepZero's CGE)
     direction: Literal["coordinate"] = "coordinate"
     one_sided: bool = True  # DeepZero's CGE is a forward difference
+    momentum: float = Field(0.9, ge=0, lt=1)  # DeepZero trains CGE with torch SGD, momentum 0.9
+    nesterov: bool = False
 
 
 @methods.register("cge")
@@ -42,15 +48,39 @@ class CGE(ZOMethod):
     With q set, q distinct coordinates are drawn per step (seeded) and the estimate is scaled by d/q
     so that it stays unbiased; q = None estimates every coordinate (d + 1 forwards per step).
     Each coordinate is perturbed in place and restored from the one saved scalar (exact), so only
-    O(q) numbers are kept. Meant for small models, as in DeepZero. No state.
+    O(q) numbers are kept. Meant for small models, as in DeepZero.
+
+    The step is torch.optim.SGD's, as DeepZero's trainer builds it (experiments/sparse_gradient_training.py:47,
+    defaults tools/misc.py:15-19: momentum 0.9, coupled weight decay on every tensor, optional Nesterov):
+    d ← ĝ + wd·θ;  b ← μ·b + d (b = d on the first step);  θ ← θ − η·(d + μ·b if nesterov else b).
+    momentum 0 gives plain SGD. State: b, one parameter-sized buffer per parameter when μ > 0.
     """
 
     Params = CGEParams
     hp: CGEParams
+    decays_vectors = True  # torch SGD over network.parameters(): every tensor decays
 
     def __init__(self, params: list[torch.nn.Parameter], hp: CGEParams, seed: int) -> None:
         super().__init__(params, hp, seed)
         self.offsets = np.cumsum([0] + [p.numel() for p in self.params])
+        self.buf: list[torch.Tensor | None] = [None] * len(self.params)
+
+    @torch.no_grad()
+    def apply(self, i: int, p: torch.Tensor, est: torch.Tensor) -> None:
+        hp = self.hp
+        if hp.weight_decay:
+            est.add_(p, alpha=hp.weight_decay)
+        if hp.momentum:
+            buf = self.buf[i]
+            if buf is None:
+                buf = self.buf[i] = est.clone()
+            else:
+                buf.mul_(hp.momentum).add_(est)
+            est = est.add_(buf, alpha=hp.momentum) if hp.nesterov else buf
+        p.add_(est, alpha=-hp.lr)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [b for b in self.buf if b is not None]
 
     @torch.no_grad()
     def probe(self, loss_fn: LossFn) -> tuple[list[int], list[float], float]:

@@ -27,7 +27,8 @@ class ForwardGrad(ZOMethod):
     torch.func.jvp over functional_call). Unbiased: E[zzᵀ] = I. One jvp pass per query, counted as
     one forward pass (it costs about two). The objective must be differentiable and every op must
     have a forward-mode rule: the fused SDPA kernels have none, so attention runs on SDPA's math
-    backend (composite ops) during the jvp. No state.
+    backend (composite ops) during the jvp. No state. Update and decay as ZO-Bench/ZO-LLM
+    zo-bench/trainer.py:1357-1412: θ ← θ − η(jvp·v + wd·θ), no decay on biases and layer norms.
     """
 
     Params = ForwardGradParams

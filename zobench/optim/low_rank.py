@@ -42,9 +42,11 @@ class LOZO(_Bases):
     """LOZO (Chen et al. 2024, arXiv 2410.07698): low-rank perturbations Z = UVᵀ with lazily refreshed V.
 
     For each matrix W ∈ R^{m×n}: U ∈ R^{m×r} fresh every step, V ∈ R^{n×r} redrawn every ν steps
-    (both N(0, 1)); z = UVᵀ/√r, so each entry has unit variance like MeZO's z and ε, η carry over
-    (this is LOZO's estimator (L(W+ε'UVᵀ) − L(W−ε'UVᵀ))/2ε' · UVᵀ/r with ε' = ε/√r). V is not stored:
-    it is regenerated from the run seed and the period index. No state. Defaults r = 2, ν = 50.
+    (both N(0, 1)); z = UVᵀ with no rescaling, as the reference perturbs and steps
+    (optsuite/LOZO large_models/LOZOtrainer.py:709-716 and :806-812), so each entry has variance r
+    and the reference's published learning rates mean the same here. Tensors of fewer than 2 dimensions
+    get Gaussian z (LOZOtrainer.py:717-719). V is not stored: it is regenerated from the run seed and
+    the period index. No state. Defaults r = 2, ν = 50.
     """
 
     Params = LOZOParams
@@ -57,12 +59,12 @@ class LOZO(_Bases):
         r = min(self.hp.rank, m, n)
         u = self.noise(p.new_empty((m, r)), gen)
         v = self.noise(p.new_empty((n, r)), self.basis_generator(p, self.period_seed(self.hp.interval), i))
-        return (u @ v.T).div_(math.sqrt(r)).view(p.shape)
+        return (u @ v.T).view(p.shape)
 
 
 class SubZeroParams(ZOParams):
     rank: PositiveInt = 8  # r
-    interval: PositiveInt = 1000  # F: steps between refreshes of the subspace bases P, Q
+    interval: PositiveInt = 2000  # F: steps between refreshes of the subspace bases P, Q (the reference's 2000)
 
 
 @methods.register("subzero")
@@ -71,8 +73,9 @@ class SubZero(_Bases):
 
     P ∈ R^{m×r}, Q ∈ R^{n×r} have orthonormal columns (QR of Gaussian matrices), redrawn every F
     steps and kept as state (small: (m + n)·r per matrix); Z̃ ∈ R^{r×r} ~ N(0, I) is fresh every step.
-    ĝ = g·P Z̃ Qᵀ, i.e. the gradient projected on the subspace, as in the paper — ‖Z‖_F ≈ r rather
-    than √(mn), so SubZero wants a larger ε and η than MeZO. Vectors get Gaussian z.
+    z = √(mn)/r · P Z̃ Qᵀ, so ‖z‖_F ≈ √(mn) as for MeZO's z and one (ε, η) suits matrices and vectors
+    alike; vectors get Gaussian z. The √(mn)/r factor and F = 2000 follow issue 17's reading of the
+    authors' code (YangBigMn/SubZero); that repository was not available to us to cite by line.
     """
 
     Params = SubZeroParams
@@ -100,7 +103,8 @@ class SubZero(_Bases):
             return self.noise(p, gen)
         ps, qs = self.bases[i]
         core = self.noise(p.new_empty((ps.shape[1], qs.shape[1])), gen)
-        return (ps @ core @ qs.T).view(p.shape)
+        m, n, r = ps.shape[0], qs.shape[0], ps.shape[1]
+        return (ps @ core @ qs.T).mul_(math.sqrt(m * n) / r).view(p.shape)
 
     def state_tensors(self) -> list[torch.Tensor]:
         return [t for pair in self.bases.values() for t in pair]

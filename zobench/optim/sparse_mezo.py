@@ -21,7 +21,10 @@ class SparseMeZO(ZOMethod):
     recomputed from θ at the start of every step (one k-th-value per tensor, kept as a scalar);
     θ does not move during the step's forwards, so all passes and the update see the same mask. The
     mask is applied on the fly, never stored. No state. Default sparsity 0.75 (perturb the 25 %
-    smallest entries of each tensor).
+    smallest entries of each tensor). Follows the paper's Algorithm 1 (mask from |θ| against a
+    per-tensor threshold, the same mask for both forwards and the update); the authors' code was not
+    in our reference store, so no file and line are cited, and the per-tensor quantile (rather than a
+    threshold tuned per layer) is our reading.
     """
 
     Params = SparseMeZOParams

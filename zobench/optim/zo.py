@@ -72,6 +72,9 @@ class ZOMethod(Method):
     Params = ZOParams
     hp: ZOParams
     needs_base: ClassVar[bool] = False  # the method needs L(θ) every step (besides one-sided differences)
+    # weight decay on 1-D tensors too: MeZO (large_models/trainer.py:803) skips biases and LayerNorm weights,
+    # which in the models we run are exactly the 1-D tensors; HiZOO and DeepZero decay every tensor
+    decays_vectors: ClassVar[bool] = False
     reads_theta: ClassVar[bool] = False  # z depends on θ (a mask, a scale): θ may not move between its draws
 
     def __init__(self, params: list[torch.nn.Parameter], hp: ZOParams, seed: int) -> None:
@@ -328,6 +331,10 @@ class ZOMethod(Method):
         return seeds, grads, (base if base is not None else float(np.mean(losses)))
 
     # -- how the estimate becomes an update --------------------------------------------------
+    def decays(self, i: int) -> bool:
+        """Whether weight decay applies to parameter i (see `decays_vectors`)."""
+        return self.decays_vectors or self.params[i].dim() >= 2
+
     @torch.no_grad()
     def estimate(self, i: int, p: torch.Tensor, seeds: list[int], grads: list[float]) -> torch.Tensor:
         """ĝ_i = (1/q) Σ_j g_j z_ij for one parameter: the q seeds are replayed, nothing d-sized is summed."""
@@ -340,14 +347,15 @@ class ZOMethod(Method):
     @torch.no_grad()
     def apply(self, i: int, p: torch.Tensor, est: torch.Tensor) -> None:
         """Default: SGD with decoupled weight decay, θ ← (1 − η·wd)θ − η·ĝ."""
-        if self.hp.weight_decay:
+        if self.hp.weight_decay and self.decays(i):
             p.mul_(1 - self.hp.lr * self.hp.weight_decay)
         p.add_(est, alpha=-self.hp.lr)
 
     def plain_sgd(self) -> bool:
         cls = type(self)
+        uniform_decay = not self.hp.weight_decay or all(self.decays(i) for i in range(len(self.params)))
         return (self.plain_draw() and cls.estimate is ZOMethod.estimate and cls.apply is ZOMethod.apply
-                and cls.update is ZOMethod.update)
+                and cls.update is ZOMethod.update and uniform_decay)
 
     @torch.no_grad()
     def update(self, seeds: list[int], grads: list[float], defer: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
@@ -11,20 +12,36 @@ from zobench.optim.zo import ZOMethod, ZOParams
 from zobench.registry import methods
 
 PHI = {"alpha": 1.0, "beta1": 0.1, "beta2": 1.5}  # φ of Eq. 7 for α, β1, β2
+END = {"alpha": 0.5, "beta1": 0.9, "beta2": 0.01}  # the values the paper's text fixes for t ≥ T2
 
 
-def anneal(t: int, t1: int, t2: int, t3: int, phi: float) -> float:
+def cosine(t: int, t1: int, t2: int, t3: int, phi: float, monotone: bool = False) -> float:
+    """Eq. 7's middle branch, 0.5 + 0.5·cos(π (t − T1) / (T3 − (t − T1)·φ·(T3 − T2)/(T2 − T1))), with t held
+    at T2 after it. The paper prints the numerator as (T3 − T1), which makes the schedule jump at T1; the
+    authors' code (MathIsAll/ZO-AdaMU trainer.py:242) uses (t − T1), which starts the cosine at 1.
+    Where φ(T3 − T2) + T1 > T2 the angle passes π before T2 and the cosine climbs again; `monotone`
+    stops it at 0 instead (the paper's Figure 1 shows every value annealing one way)."""
+    s = min(t, t2) - t1
+    angle = s / (t3 - s * phi * (t3 - t2) / (t2 - t1))
+    return 0.5 + 0.5 * math.cos(math.pi * (min(angle, 1.0) if monotone else angle))
+
+
+def anneal(t: int, t1: int, t2: int, t3: int, phi: float, end: float | None = None) -> float:
     """Eq. 7's simulated annealing: 1 while t < T1, a cosine with a shrinking period on [T1, T2), then held.
 
-    The paper prints the cosine's numerator as (T3 − T1); that makes the schedule jump at T1, and the
-    authors' code uses (t − T1), which starts phase 2 at 1 — we use (t − T1). For t ≥ T2 the printed
-    equation says 0.9 while the text says α = 0.5, β1 = 0.9, β2 = 0.01; we hold the value reached at T2,
-    as the authors' code does (this gives β2 ≈ 0.01 with their T's).
+    end None (authors' code): the cosine itself, held at its T2 value for t ≥ T2, as trainer.py:238-246
+    does (there the third branch repeats the cosine at T2); with the suite's T's that is α ≈ 0.04,
+    β1 ≈ 0.19, β2 ≈ 0. end set (paper): the text's end points (§ "simulated annealing": α = 0.5,
+    β1 = 0.9, β2 = 0.01 for t ≥ T2) reached continuously: the cosine (stopped at 0, see `cosine`)
+    rescaled from [c(T2), 1] onto [end, 1], so phase 2 keeps Eq. 7's shape, every value stays between
+    its end point and 1, and phase 3 holds the stated values.
     """
     if t < t1:
         return 1.0
-    s = min(t, t2) - t1
-    return 0.5 + 0.5 * math.cos(math.pi * s / (t3 - s * phi * (t3 - t2) / (t2 - t1)))
+    if end is None:
+        return cosine(t, t1, t2, t3, phi)
+    c, c_end = cosine(t, t1, t2, t3, phi, monotone=True), cosine(t2, t1, t2, t3, phi, monotone=True)
+    return end + (1 - end) * (c - c_end) / (1 - c_end)
 
 
 class ZOAdaMUParams(ZOParams):
@@ -33,6 +50,8 @@ class ZOAdaMUParams(ZOParams):
     t3: PositiveInt = 20000  # horizon of the schedule (authors' code: max steps)
     sigma: PositiveFloat = 1e-8  # σ in θ ← θ − η g m / √(v + σ)
     signed_history: bool = Field(False, description="authors'-code variant: keep sign(g)·m as the momentum")
+    # paper: the text's end points α, β1, β2 = 0.5, 0.9, 0.01; authors-code: the cosine held at its T2 value
+    schedule: Literal["paper", "authors-code"] = "paper"
 
     @model_validator(mode="after")
     def _schedule(self) -> ZOAdaMUParams:
@@ -53,6 +72,11 @@ class ZOAdaMU(ZOMethod):
     θ ← θ − η·g·m_t / √(v + σ). ż and z̈ are regenerated from the step seed; m is the only state
     (one parameter-sized tensor per parameter), as the paper says. With q > 1 the θ update averages
     the q queries and m_t is their mean. Warm-up (t < T1) is MeZO with a per-coordinate normalised step.
+    Update and decay follow MathIsAll/ZO-AdaMU trainer.py:827-841 (biases and norms not decayed). Two
+    authors'-code options: `schedule: authors-code` (see `anneal`) and `signed_history` (trainer.py:841
+    keeps sign(g)·m_t as the next mean). The released code's perturbation (trainer.py:733-735, 0.9·z̈ +
+    0.1·ż, and an `_ema_weight()` call missing its argument) differs from its own update; we perturb
+    along the m_t we step with, as Algorithm 1 does.
     """
 
     Params = ZOAdaMUParams
@@ -65,8 +89,9 @@ class ZOAdaMU(ZOMethod):
 
     def begin_step(self) -> None:
         hp = self.hp
-        self.alpha, self.beta1, self.beta2 = (anneal(self.t, hp.t1, hp.t2, hp.t3, PHI[k])
-                                              for k in ("alpha", "beta1", "beta2"))
+        self.alpha, self.beta1, self.beta2 = (
+            anneal(self.t, hp.t1, hp.t2, hp.t3, PHI[k], END[k] if hp.schedule == "paper" else None)
+            for k in ("alpha", "beta1", "beta2"))
 
     def parts(self, i: int, p: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(ż, z̈): the zero-centred and the momentum-centred draws."""
@@ -96,10 +121,27 @@ class ZOAdaMU(ZOMethod):
                 term = v.reciprocal_().mul_(m).mul_(g / q)  # g·m/√(v+σ), averaged over queries
                 step = term if step is None else step.add_(term)
                 m_new = m.div_(q) if m_new is None else m_new.add_(m, alpha=1 / q)
-            if hp.weight_decay:
+            if hp.weight_decay and self.decays(i):
                 p.mul_(1 - hp.lr * hp.weight_decay)
             p.add_(step, alpha=-hp.lr)
             self.m[i] = m_new
 
     def state_tensors(self) -> list[torch.Tensor]:
         return [m for m in self.m if m is not None]
+
+
+class ZOAdaMUCodeParams(ZOAdaMUParams):
+    schedule: Literal["paper", "authors-code"] = "authors-code"
+    signed_history: bool = True
+
+
+@methods.register("zo-adamu-code")
+class ZOAdaMUCode(ZOAdaMU):
+    """ZO-AdaMU as the authors' code runs it: cosine schedule held at its T2 value, momentum sign(g)·m_t.
+
+    `zo-adamu` with `schedule: authors-code` and `signed_history: true` as defaults
+    (MathIsAll/ZO-AdaMU trainer.py:238-246 and :841); see ZOAdaMU for the rest.
+    """
+
+    Params = ZOAdaMUCodeParams
+    hp: ZOAdaMUCodeParams

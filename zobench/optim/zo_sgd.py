@@ -18,7 +18,9 @@ class ZOSGD(ZOMethod):
 
     g = (L(θ+εz) − L(θ−εz)) / 2ε with z ~ N(0, I) regenerated from a per-step seed (two forwards);
     defaults follow MeZO's OPT runs (ε = 1e-3). The engine's options apply: q queries, Rademacher
-    or sphere directions, one-sided differences.
+    or sphere directions, one-sided differences. Weight decay as princeton-nlp/MeZO
+    large_models/trainer.py:800-806: θ ← θ − η(g·z + wd·θ), not on biases and LayerNorm weights
+    (the 1-D tensors, `ZOMethod.decays`).
     """
 
 
@@ -26,8 +28,8 @@ class ZOSGD(ZOMethod):
 class ZOSGDSign(ZOMethod):
     """ZO-SGD-Sign as in ZO-Bench (Zhang et al. 2024, arXiv 2402.11592): θ ← θ − η·sign(g)·z.
 
-    Only the sign of each projected gradient is kept (ZO-Bench's `zo_sign_opt`), so the step length
-    does not depend on the size of the loss difference. No state.
+    Only the sign of each projected gradient is kept (ZO-Bench's `zo_sign_opt`, zo-bench/trainer.py:1055-1058:
+    sign(g)·z, not sign(g·z)), so the step length does not depend on the size of the loss difference. No state.
     """
 
     @torch.no_grad()
@@ -43,7 +45,8 @@ class MomentumParams(ZOParams):
 class ZOSGDMomentum(ZOMethod):
     """ZO-SGD with heavy-ball momentum (ZO-Bench's ZO-SGD-MMT): m ← μ·m + ĝ; θ ← θ − η·m.
 
-    ĝ = g·z (+ weight decay, coupled as in torch.optim.SGD, which ZO-Bench uses). State: one
+    ĝ = g·z (+ weight decay, coupled as in torch.optim.SGD, which ZO-Bench uses: ZO-Bench/ZO-LLM
+    zo-bench/trainer.py:321 builds SGD(lr, momentum) and :1066-1068 steps it on .grad = g·z). State: one
     parameter-sized buffer m per parameter. Default μ = 0.9.
     """
 
@@ -56,7 +59,7 @@ class ZOSGDMomentum(ZOMethod):
 
     @torch.no_grad()
     def apply(self, i: int, p: torch.Tensor, est: torch.Tensor) -> None:
-        if self.hp.weight_decay:
+        if self.hp.weight_decay and self.decays(i):
             est.add_(p, alpha=self.hp.weight_decay)
         buf = self.buf[i]
         if buf is None:
@@ -75,8 +78,8 @@ class ZOSGDConservative(ZOMethod):
 
     After the usual estimate, the two candidate points are evaluated (through the engine's virtual
     shift, so θ is never written until the choice is made), and the step moves to the one with the
-    lowest loss, with ZO-Bench's tie rules. Cost: L(θ) + 2q + 2 forwards per step. No state;
-    weight decay, if set, is applied to the chosen move only.
+    lowest loss, with ZO-Bench's tie rules (zo-bench/trainer.py:1251-1336). Cost: L(θ) + 2q + 2 forwards
+    per step. No state; weight decay, if set, is applied to the chosen move only.
     """
 
     needs_base = True
@@ -98,7 +101,7 @@ class ZOSGDConservative(ZOMethod):
         if sign:
             with torch.no_grad():
                 for i, p in enumerate(self.params):
-                    if self.hp.weight_decay:
+                    if self.hp.weight_decay and self.decays(i):
                         p.mul_(1 - lr * self.hp.weight_decay)
                     p.add_(self.estimate(i, p, seeds, grads), alpha=sign * lr)
         return base
