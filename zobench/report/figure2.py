@@ -9,7 +9,7 @@ run at once; tests/test_golden.py checks step for step that these updates equal 
 torch's Adam and Adamax rules (what `fo-adam` / `fo-adamax` run), checked against torch.optim; they have
 no randomness, so one seed.
 
-    python -m zobench.report.figure2 --out reports/zoadamu-fig2 [--steps 95000]
+    python -m zobench.report.figure2 --out docs/zoadamu-fig2 [--steps 95000]
 """
 
 from __future__ import annotations
