@@ -99,8 +99,11 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> dict[str, Any]:
     summary["memory"] = memory.record()
     summary["memory_by_phase"] = memory.by_window()  # setup / inference probe / train / evaluation
     summary["phases"] = clock.summary()
-    store.write_curve(run_id, curve)
-    store.write_summary(run_id, summary)
+    try:
+        store.write_curve(run_id, curve)
+    except OSError as e:  # a full disk: recorded in the summary (small), and the grid goes on
+        summary.update(status="failed", error=f"curve.parquet not written: {e}")
+    store.write_summary(run_id, summary)  # says so in one line, without raising, when it cannot be written
     return summary
 
 
