@@ -24,7 +24,7 @@ import jinja2
 import jinja2.nodes
 import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
-from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator, model_validator
 
 from zobench.errors import FieldError, UserError
 from zobench.models.base import ModelBundle
@@ -83,18 +83,21 @@ class CustomParams(BaseModel):
             raise ValueError("metric 'em' is for generation tasks (with 'answer'); use accuracy or f1")
         if self.answer is not None and self.metric == "accuracy":
             self.metric = "f1"
-        for field in ("template", "answer"):
-            text = getattr(self, field)
-            if text is None:
-                continue
-            try:
-                reached = unsafe_access(text)
-            except jinja2.TemplateSyntaxError as e:
-                raise ValueError(f"{field}: jinja2 syntax error: {e.message}") from None
-            if reached is not None:
-                raise ValueError(f"{field}: reaches for '{reached}', which templates may not use (they are rendered "
-                                 f"in jinja2's sandbox); use only the row's fields, e.g. '{{{{ text }}}}'")
         return self
+
+    @field_validator("template", "answer")
+    @classmethod
+    def _safe(cls, text: str | None) -> str | None:
+        if text is None:
+            return None
+        try:
+            reached = unsafe_access(text)
+        except jinja2.TemplateSyntaxError as e:
+            raise ValueError(f"jinja2 syntax error: {e.message}") from None
+        if reached is not None:
+            raise ValueError(f"reaches for '{reached}', which templates may not use (they are rendered in jinja2's "
+                             f"sandbox); use only the row's fields, e.g. '{{{{ text }}}}'")
+        return text
 
 
 def _template(text: str, where: str) -> jinja2.Template:
