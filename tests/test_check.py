@@ -32,6 +32,10 @@ def test_holds_and_tolerances():
     assert tolerance_for("test.loss", spec).abs == 0.5  # the exact name beats the glob
     assert tolerance_for("test.accuracy", spec).rel == 1e-3
     assert tolerance_for("steps", spec) is None and tolerance_for("wall_s", spec).rel > 0
+    scoped = CheckSpec(tolerances={"test.*": Tolerance(rel=1e-6), "*-linear-probe-*/test.loss": Tolerance(rel=0.05)})
+    assert tolerance_for("test.loss", scoped, "sst2-opt-linear-probe-full-s0").rel == 0.05  # that run only
+    assert tolerance_for("test.loss", scoped, "sst2-opt-zo-sgd-full-s0").rel == 1e-6
+    assert tolerance_for("test.accuracy", scoped, "sst2-opt-linear-probe-full-s0").rel == 1e-6
     assert holds(1.0, 1.0005, Tolerance(rel=1e-3)) and not holds(1.0, 1.002, Tolerance(rel=1e-3))
     assert holds(0.0, 0.4, Tolerance(abs=0.5)) and not holds(0.0, 1e-300, None)
     assert holds(math.nan, math.nan, None) and not holds(math.nan, 1.0, Tolerance(abs=10))

@@ -67,12 +67,17 @@ def metrics_of(summary: dict[str, Any], spec: CheckSpec) -> dict[str, Any]:
     return {k: v for k, v in out.items() if not any(fnmatch.fnmatchcase(k, g) for g in spec.ignore)}
 
 
-def tolerance_for(name: str, spec: CheckSpec) -> Tolerance | None:
-    """Exact name first, then the first matching glob, in the order the suite declares them."""
+def tolerance_for(name: str, spec: CheckSpec, run: str | None = None) -> Tolerance | None:
+    """A run-scoped entry ('RUN_GLOB/METRIC_GLOB', e.g. '*-linear-probe-*/test.loss') matching this run first,
+    then the exact name, then the first matching glob, in the order the suite declares them."""
+    for pattern, tol in spec.tolerances.items():
+        run_glob, slash, metric_glob = pattern.partition("/")
+        if slash and run is not None and fnmatch.fnmatchcase(run, run_glob) and fnmatch.fnmatchcase(name, metric_glob):
+            return tol
     if name in spec.tolerances:
         return spec.tolerances[name]
     for pattern, tol in spec.tolerances.items():
-        if fnmatch.fnmatchcase(name, pattern):
+        if "/" not in pattern and fnmatch.fnmatchcase(name, pattern):
             return tol
     return TIMING_DEFAULT if is_timing(name) else None
 
@@ -134,7 +139,7 @@ def compare(reference: dict[str, dict[str, Any]], runs: dict[str, dict[str, Any]
             names = {n for n in names if not is_timing(n)}
         for name in sorted(names):
             compared += 1
-            tol = None if exact and not is_timing(name) else tolerance_for(name, spec)
+            tol = None if exact and not is_timing(name) else tolerance_for(name, spec, key)
             if name not in ref or name not in got:
                 drifts.append(Drift(key, name, ref.get(name, "(absent)"), got.get(name, "(absent)"), _tol_text(tol)))
             elif not holds(ref[name], got[name], tol):
