@@ -201,3 +201,17 @@ def test_output_folders_that_are_files_or_read_only_are_exit_2(write_suite, tmp_
     result = runner.invoke(app, ["run", str(path), "--results", str(read_only / "results")])
     assert result.exit_code == 2 and f"{read_only}: cannot be written" in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "read-only", "suite.yaml"]
+
+
+def test_a_platform_bound_run_keeps_only_its_structure_on_another_platform():
+    summary = {"status": "done", "steps": 4, "forward_passes": 8, "test": {"loss": 0.5}, "final_train_loss": 0.25}
+    spec = CheckSpec(platform_bound=["*-counter-*"])
+    ref = {"t-m-zo-counter-full-s0": metrics_of(summary, spec), "t-m-zo-full-s0": metrics_of(summary, spec)}
+    moved = {**summary, "test": {"loss": 0.9}, "final_train_loss": 0.7}
+    runs = {"t-m-zo-counter-full-s0": moved, "t-m-zo-full-s0": moved}
+    drifts, _ = compare(ref, runs, spec, timing=False, exact=False)
+    assert {d.run for d in drifts} == {"t-m-zo-full-s0"}
+    drifts, _ = compare(ref, runs, spec, timing=False, exact=True)  # on the reference's platform: every value
+    assert {d.run for d in drifts} == {"t-m-zo-full-s0", "t-m-zo-counter-full-s0"}
+    drifts, _ = compare(ref, {**runs, "t-m-zo-counter-full-s0": {**moved, "forward_passes": 9}}, spec, timing=False)
+    assert ("t-m-zo-counter-full-s0", "forward_passes") in {(d.run, d.metric) for d in drifts}

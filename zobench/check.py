@@ -38,6 +38,8 @@ EXACT = ("status", "metric", "spec_hash", "steps", "best_step", "forward_passes"
          "state_bytes", "trainable_params", "diverged_at_step")
 VALUES = ("test_metric", "initial_dev_metric", "final_train_loss")
 NESTED = ("test", "best_dev")
+STRUCTURE = ("status", "metric", "spec_hash", "steps", "forward_passes", "backward_passes", "state_bytes",
+             "trainable_params")  # what a platform-bound run must still match on another platform
 TIMING_SUFFIX = "_s"  # wall_s, train_s, median_step_s, ...: seconds, compared only when asked
 TIMING_DEFAULT = Tolerance(rel=0.5)  # wall-clock on a shared machine: only gross slow-downs are drift
 FORMAT = 2  # 2: `platform` and `reason` beside the runs; format 1 (no platform) is read as another platform
@@ -135,6 +137,8 @@ def compare(reference: dict[str, dict[str, Any]], runs: dict[str, dict[str, Any]
         ref, got = reference[key], metrics_of(summary, spec)
         names = set(ref) | set(got)
         names = {n for n in names if not any(fnmatch.fnmatchcase(n, g) for g in spec.ignore)}
+        if not exact and any(fnmatch.fnmatchcase(key, g) for g in spec.platform_bound):
+            names &= set(STRUCTURE)
         if not timing:
             names = {n for n in names if not is_timing(n)}
         for name in sorted(names):

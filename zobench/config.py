@@ -323,6 +323,8 @@ class CheckSpec(Strict):
                                              description="metric name or glob (e.g. 'test.*') → tolerance")
     timing: bool = Field(False, description="also compare wall-clock metrics (noisy: give them a tolerance)")
     ignore: list[str] = Field(default_factory=list, description="metric names or globs left out")
+    platform_bound: list[str] = Field(default_factory=list, description="run globs whose values repeat only on "
+                                      "the reference's platform: elsewhere only their counts and status are compared")
 
 
 class Suite(Strict):
