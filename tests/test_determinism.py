@@ -35,7 +35,7 @@ def _cells() -> dict[str, list[RunSpec]]:
 
 def test_regression_suite_covers_every_method():
     missing = sorted(set(registry.methods.names()) - set(_cells()))
-    assert not missing, f"add {missing} to {SUITE} (and rerun `zobench check ... --update`)"
+    assert not missing, f"add {missing} to {SUITE} (and rerun `zobench check ... --update --reason TEXT`)"
 
 
 @pytest.mark.parametrize("method", registry.methods.names())

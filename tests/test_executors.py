@@ -38,7 +38,7 @@ SUITE = {
         "ray": {"local_cpus": 2, "num_cpus": 1, "threads": 1},
     },
 }
-VOLATILE = {"env", "pid", "attempt", "memory", "memory_by_phase", "phases"}
+VOLATILE = {"env", "pid", "attempt", "memory", "memory_by_phase", "phases", "files"}  # files: checksums of timed curves
 
 
 def comparable(folder: Path) -> dict[str, tuple[str, str]]:

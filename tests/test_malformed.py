@@ -47,3 +47,43 @@ def test_malformed_suite_one_message_exit_2_nothing_written(name, tmp_path, monk
         assert part in message, f"{part!r} not in {message!r}"
     assert list(tmp_path.iterdir()) == []  # no results, no reports, nothing else
     assert _tree(CORPUS) == corpus_before
+
+
+PAYLOAD = "{{ review }}{{ lipsum.__globals__['os'].popen('touch X').read() }}"  # issue 22's
+
+
+@pytest.mark.parametrize("template, refused_by", [
+    (PAYLOAD, "reaches for '__globals__'"),  # named outright: refused from the template's text
+    ("{{ review }}{{ (lipsum|attr('__glo' ~ 'bals__'))['os'].popen('touch X').read() }}", "sandbox"),  # built
+])
+def test_a_template_cannot_run_code(tmp_path, monkeypatch, template, refused_by):
+    """A shared suite's template reaching for Python is refused at `validate` (exit 2) and at `run`, and the
+    command it carries never runs: no file X appears. The second payload builds the name at render time, so
+    only jinja2's sandbox can stop it (planning renders the template on the first row of each file)."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(CORPUS / "custom-data", tmp_path / "custom-data")
+    suite = yaml.safe_load((CORPUS / "49-template-escapes-the-sandbox.yaml").read_text())
+    suite["grid"]["tasks"][0]["template"] = template
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    for args in (["validate", "suite.yaml"], ["run", "suite.yaml", "--results", "r", "--reports", "p"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "grid.tasks[0].template" in result.output and refused_by in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["custom-data", "suite.yaml"]  # no X, no results
+
+
+def test_the_sandbox_stops_a_template_at_render_time_too(tmp_path, monkeypatch):
+    """Planning is not the only guard: a run renders every row in the sandbox (a later row, a file changed
+    after planning)."""
+    from zobench.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    from zobench.tasks.custom import _env, _render
+
+    tpl = _env.from_string("{{ (lipsum|attr('__glo' ~ 'bals__'))['os'].popen('touch X').read() }}")
+    with pytest.raises(UserError, match="refused by jinja2's sandbox"):
+        _render(tpl, {"review": "fine"}, "row 1")
+    assert _render(_env.from_string("{{ review }} It was"), {"review": "fine"}, "row 1") == "fine It was"
+    assert list(tmp_path.iterdir()) == []

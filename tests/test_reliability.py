@@ -253,10 +253,124 @@ def test_two_processes_on_one_suite_run_each_run_once(write_suite, tmp_path):
         assert "results:" in (tmp_path / f"p{i}.log").read_text()
 
 
+def _record(status: str, spec_hash: str = "abc") -> dict:
+    axes = {axis: {"name": "x", "label": "x"} for axis in ("model", "task", "method", "scheme")}
+    return {"run_id": "r_abc", "spec_hash": spec_hash, "suite": "s", "seed": 0, "status": status, "spec": axes}
+
+
 @pytest.mark.parametrize("status", ["failed", "diverged", "oom"])
 def test_a_failed_summary_is_never_taken_for_done(tmp_path, status):
     store = Store(tmp_path, "s")
-    store.write_summary("r_abc", {"status": status, "spec_hash": "abc"})
+    store.write_spec("r_abc", {})
+    store.write_curve("r_abc", [{"step": 0, "loss": 1.0}])
+    store.write_summary("r_abc", _record(status))
     assert not store.is_done("r_abc", "abc")
-    store.write_summary("r_abc", {"status": "done", "spec_hash": "abc"})
+    store.write_summary("r_abc", _record("done"))
     assert store.is_done("r_abc", "abc") and not store.is_done("r_abc", "other")
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {  # what a crash, a full disk, a hand edit or another program can leave in a finished run's folder
+    "summary forged": lambda d, s: (d / "summary.json").write_text(json.dumps({"status": "done",
+                                                                              "spec_hash": s["spec_hash"]})),
+    "summary a list": lambda d, s: (d / "summary.json").write_text("[1, 2]"),
+    "summary a string": lambda d, s: (d / "summary.json").write_text('"done"'),
+    "summary not UTF-8": lambda d, s: (d / "summary.json").write_bytes(b'{"status": "done\xff\xfe"}'),
+    "summary truncated": lambda d, s: _truncate(d / "summary.json"),
+    "curve garbage": lambda d, s: (d / "curve.parquet").write_bytes(b"PAR1 not really"),
+    "curve truncated": lambda d, s: _truncate(d / "curve.parquet"),
+    "curve deleted": lambda d, s: (d / "curve.parquet").unlink(),
+    "spec deleted": lambda d, s: (d / "spec.yaml").unlink(),
+    "spec edited": lambda d, s: (d / "spec.yaml").write_text("seed: 1\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_run_is_named_skipped_by_the_report_and_redone(write_suite, tmp_path, case):
+    path, results, reports = write_suite(FAST), tmp_path / "results", tmp_path / "reports"
+    assert _invoke(path, results).exit_code == 0
+    folder = sorted((results / "fast").iterdir())[0]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert set(summary["files"]) == {"spec.yaml", "curve.parquet"}  # checksums recorded
+    DAMAGE[case](folder, summary)
+
+    report = CliRunner().invoke(app, ["report", str(results / "fast"), "--reports", str(reports)])
+    assert report.exit_code == 0, (report.output, report.exception)
+    if case.startswith("summary"):  # the run is left out of the report, named once
+        assert report.output.count(f"skipped {folder / 'summary.json'}") == 1, report.output
+        assert len(pd.read_csv(reports / "fast" / "runs.csv")) == 1
+    elif case.startswith("curve") and case != "curve deleted":
+        assert f"skipped {folder / 'curve.parquet'}" in report.output, report.output
+
+    again = _invoke(path, results)
+    assert again.exit_code == 0, (again.output, again.exception)
+    said = [line for line in again.output.splitlines() if line.startswith(str(folder))]
+    assert len(said) == 1 and said[0].endswith("running it again"), again.output
+    assert "1 already done, 1 to run" in again.output
+    redone = json.loads((folder / "summary.json").read_text())
+    assert redone["status"] == "done" and redone["attempt"] == 2
+    assert redone["test_metric"] == summary["test_metric"]  # the same run, the same numbers
+    assert "running it again" not in _invoke(path, results).output  # now whole: taken as done
+
+
+def test_a_full_disk_is_recorded_and_the_grid_goes_on(write_suite, tmp_path, monkeypatch, capsys):
+    """No space for a curve: that run is recorded as failed (the summary is small); no space for the summary
+    either: one line says so, the run stays not done, and the next run of the grid still runs."""
+    import errno
+
+    from zobench import store as store_module
+
+    real = store_module.atomic_write
+    full = {"curve.parquet"}
+
+    def atomic_write(path: Path, data: bytes) -> None:
+        if path.name in full:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(store_module, "atomic_write", atomic_write)
+    path, results = write_suite(FAST), tmp_path / "results"
+    result = _invoke(path, results)
+    assert result.exit_code == 0, (result.output, result.exception)
+    summaries = [json.loads(p.read_text()) for p in sorted((results / "fast").rglob("summary.json"))]
+    assert [s["status"] for s in summaries] == ["failed", "failed"]
+    assert all("curve.parquet not written" in s["error"] and "No space left" in s["error"] for s in summaries)
+
+    full.add("summary.json")
+    for p in (results / "fast").rglob("summary.json"):
+        p.unlink()
+    result = _invoke(path, results)
+    assert result.exit_code == 0, (result.output, result.exception)
+    lines = [line for line in result.output.splitlines() if "summary.json: not written (the disk is full)" in line]
+    assert len(lines) == 2  # one line per run, both runs tried
+    assert not list((results / "fast").rglob("summary.json"))
+
+    monkeypatch.setattr(store_module, "atomic_write", real)  # space again: the grid completes
+    result = _invoke(path, results)
+    assert result.exit_code == 0 and "0 already done, 2 to run" in result.output
+
+
+def test_report_files_are_written_atomically(write_suite, tmp_path, monkeypatch):
+    """runs.csv (and every other report file) goes through atomic_write: a write that fails leaves the old
+    file whole, never a 0-byte one."""
+    from zobench.report import build as build_module
+
+    path, results, reports = write_suite(FAST), tmp_path / "results", tmp_path / "reports"
+    assert _invoke(path, results).exit_code == 0
+    assert CliRunner().invoke(app, ["report", str(results / "fast"), "--reports", str(reports)]).exit_code == 0
+    before = (reports / "fast" / "runs.csv").read_bytes()
+    assert len(before) > 0
+    real = build_module.atomic_write
+
+    def failing(target: Path, data: bytes) -> None:
+        if target.name == "runs.csv":
+            raise OSError(28, "No space left on device", str(target))
+        real(target, data)
+
+    monkeypatch.setattr(build_module, "atomic_write", failing)
+    result = CliRunner().invoke(app, ["report", str(results / "fast"), "--reports", str(reports)])
+    assert result.exit_code == 2 and "runs.csv: No space left on device" in result.output, result.output
+    assert (reports / "fast" / "runs.csv").read_bytes() == before

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,6 +26,20 @@ def fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+def writable_folder(path: Path, option: str) -> None:
+    """Refuse, before anything runs, an output folder that is a file or cannot be written."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is a file; {option} takes a folder (it is created when missing)")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{existing}: cannot be written (read-only?); give {option} a folder you can write to")
+
+
+def os_error(e: OSError, fix: str) -> UserError:
+    """One line for what the operating system refused: the path, its reason, the fix."""
+    return UserError(f"{e.filename or ''}: {e.strerror or e}; {fix}")
+
+
 def plan(suite_file: Path, data_dir: str | None = None) -> tuple[object, list[RunSpec]]:
     """Load, validate and expand a suite; every user error surfaces here, before anything is written."""
     from zobench.runner import resolve_device
@@ -38,6 +53,10 @@ def plan(suite_file: Path, data_dir: str | None = None) -> tuple[object, list[Ru
             raise UserError(f"{where(suite_file, lines, ('regenerates',))}: unknown paper table "
                             f"'{suite.regenerates}'; known: {', '.join(LAYOUTS)}")
     specs = expand(suite, suite_file, lines, data_dir=data_dir)
+    for spec in specs:  # a run's folder is named by its id: most file systems stop at 255 bytes a name
+        if len(spec.run_id.encode()) > 200:
+            raise UserError(f"{suite_file}: run '{spec.run_id[:60]}...' has a {len(spec.run_id.encode())}-byte id "
+                            f"(over 200, too long for a folder name); give its components shorter 'label's")
     for spec in specs:
         try:
             resolve_device(spec.settings.device)
@@ -69,17 +88,31 @@ def run_cmd(
                         ] = None,
 ) -> None:
     """Run every cell of a suite's grid (skipping runs already done), then build its report."""
-    from zobench.executors import pending
     from zobench.registry import executors
-    from zobench.report import build_report
-    from zobench.store import Store
 
     try:
         suite, specs = plan(suite_file, data_dir)
         engine = executor or suite.executor.name
         executor_cls = executors.get(engine)  # its options were checked with the suite (file:line)
+        writable_folder(results, "--results")
+        if report:
+            writable_folder(reports, "--reports")
     except UserError as e:
         fail(e)
+    try:
+        _run_and_report(suite, specs, results, reports, rerun, report, executor_cls, engine)
+    except UserError as e:
+        fail(e)
+    except OSError as e:
+        fail(os_error(e, "check that the results and reports folders can be written and have space"))
+
+
+def _run_and_report(suite: Any, specs: list[RunSpec], results: Path, reports: Path, rerun: bool, report: bool,
+                    executor_cls: Any, engine: str) -> None:
+    from zobench.executors import pending
+    from zobench.report import build_report
+    from zobench.store import Store
+
     store = Store(results, suite.name)
     if rerun:  # forget their results (a run another process is running right now is left to it)
         for spec in specs:
@@ -87,10 +120,7 @@ def run_cmd(
     todo = pending(specs, store)
     err.print(f"suite [bold]{suite.name}[/]: {len(specs)} runs, {len(specs) - len(todo)} already done, "
               f"{len(todo)} to run")
-    try:
-        executor_cls(suite.executor.options_for(engine), console=err).run(todo, store)
-    except UserError as e:
-        fail(e)
+    executor_cls(suite.executor.options_for(engine), console=err).run(todo, store)
     from zobench.report.frame import method_task_table, runs_frame
 
     frame = runs_frame(store.dir)
@@ -119,16 +149,23 @@ def check_cmd(
                       ] = None,
     run: Annotated[bool, typer.Option(help="run what is not done; --no-run only reads --results")] = True,
     threads: Annotated[int, typer.Option(min=1, help="torch CPU threads (pinned so sums repeat)")] = 1,
+    reason: Annotated[str | None, typer.Option(help="why the reference is rewritten (required with --update; "
+                                                     "recorded in it)")] = None,
 ) -> None:
-    """Regression check: run the suite and compare each run with a stored reference; exit 1 on drift."""
+    """Regression check: run the suite and compare each run with a stored reference; exit 1 on drift only
+    (2 for bad input: suite, reference file, folders)."""
     from zobench.check import run_check
 
     try:
         suite, specs = plan(suite_file)
+        if results is not None and run:
+            writable_folder(results, "--results")
         code = run_check(suite, specs, against, results=results, update=update, timing=timing, run=run,
-                         threads=threads, out=out, err=err)
+                         threads=threads, out=out, err=err, reason=reason)
     except UserError as e:
         fail(e)
+    except OSError as e:
+        fail(os_error(e, "check the --against file and the --results folder (they must be readable, writable)"))
     raise typer.Exit(code)
 
 
@@ -144,11 +181,18 @@ def report_cmd(
     from zobench.report.papers import LAYOUTS
 
     if not results_dir.is_dir():
-        fail(UserError(f"{results_dir}: no such results folder; run a suite first or give results/<suite>"))
+        what = "is a file, not a results folder" if results_dir.exists() else "no such results folder"
+        fail(UserError(f"{results_dir}: {what}; run a suite first or give results/<suite>"))
     unknown = [name for name in layout or [] if name not in LAYOUTS]
     if unknown:
         fail(UserError(f"--layout {unknown[0]}: unknown paper table; known: {', '.join(LAYOUTS)}"))
-    out.print(f"report: {build_report(results_dir, reports, layouts=tuple(layout or ()))}")
+    try:
+        writable_folder(reports, "--reports")
+        out.print(f"report: {build_report(results_dir, reports, layouts=tuple(layout or ()))}")
+    except UserError as e:
+        fail(e)
+    except OSError as e:
+        fail(os_error(e, "give --reports a folder you can write to, with space"))
 
 
 @app.command(name="bench")

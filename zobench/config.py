@@ -7,12 +7,13 @@ A suite is a grid of models × tasks × methods × schemes × seeds. Every grid 
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from zobench.errors import UserError, did_you_mean
 from zobench.lm_eval_bridge import LmEvalSettings
@@ -56,6 +57,69 @@ def _line_map(node: yaml.Node, loc: Loc = (), out: dict[Loc, int] | None = None)
     return out
 
 
+MAX_NODES = 100_000  # values in a document once its aliases are expanded: far above any real suite
+MAX_DEPTH = 64  # nesting levels: a suite needs about eight
+
+
+def _bounded(path: Path, root: yaml.Node) -> None:
+    """Refuse a document that aliases expand past MAX_NODES values (the 'billion laughs'), nests deeper than
+    MAX_DEPTH, or holds a non-finite number (.inf, .nan: no setting takes one). Linear in the file's size:
+    each node's expanded size is counted once, however many aliases point at it."""
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, Loc, bool]] = [(root, (), False)]
+    while stack:
+        node, loc, children_done = stack.pop()
+        at = f"{path}:{node.start_mark.line + 1}: {dotted(loc)}"
+        if len(loc) > MAX_DEPTH:
+            raise UserError(f"{at}: nested more than {MAX_DEPTH} levels deep; a suite needs far fewer: flatten it")
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag == "tag:yaml.org,2002:float" and not _finite(node.value):
+                raise UserError(f"{at}: '{node.value}' is not a finite number; give a number")
+            size[id(node)] = 1
+            continue
+        if isinstance(node, yaml.MappingNode):
+            children = [(value, (*loc, str(key.value))) for key, value in node.value]
+        else:
+            children = [(item, (*loc, i)) for i, item in enumerate(node.value)]
+        if not children_done:
+            if id(node) in size:
+                continue
+            size[id(node)] = 0  # a marker: an alias back to an ancestor is not expanded twice
+            stack.append((node, loc, True))
+            stack.extend((child, child_loc, False) for child, child_loc in children if id(child) not in size)
+            continue
+        size[id(node)] = 1 + sum(size.get(id(child), 1) for child, _ in children) + len(children) * isinstance(
+            node, yaml.MappingNode)
+        if size[id(node)] > MAX_NODES:
+            raise UserError(f"{at}: aliases expand this document past {MAX_NODES:,} values (an alias bomb?); "
+                            f"write the values out or use fewer aliases")
+
+
+def _shallow(path: Path, text: str) -> None:
+    """Refuse deep nesting from the event stream (PyYAML's parser keeps an explicit stack; its composer, which
+    builds nodes, recurses), stopping at the first level too deep: 20,000 '[' cost microseconds, not a crash."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_LineLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise UserError(f"{path}:{event.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep "
+                                f"(column {event.start_mark.column + 1}); a suite needs far fewer: flatten it")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _finite(text: str) -> bool:
+    """A YAML float as written ('.inf', '1.0e999', '1_000.5', '1:30.0') is a finite number."""
+    value = text.replace("_", "").lower().lstrip("+-")
+    if value in (".inf", ".nan"):
+        return False
+    try:
+        return ":" in value or math.isfinite(float(value))
+    except ValueError:
+        return True  # not a plain decimal: PyYAML's own constructor decides
+
+
 def load_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
     """Parse a YAML file; return the data and a path → line map. Errors name file and line."""
     if not path.is_file():
@@ -66,8 +130,13 @@ def load_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     try:
+        _shallow(path, text)
         node = yaml.compose(text, Loader=_LineLoader)
+        if node is not None:
+            _bounded(path, node)
         data = yaml.load(text, Loader=_LineLoader)
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to read (more than {MAX_DEPTH} levels); flatten it") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark else ""
@@ -112,21 +181,26 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Count = Annotated[int, Field(strict=True, gt=0)]  # strict: `steps: yes` (YAML true) is not one step
+Seed = Annotated[int, Field(strict=True, ge=0, lt=2**32)]  # numpy's seed range (runner.seed_everything)
+
+
 class RunSettings(Strict):
     """How one run trains and evaluates; suite defaults, overridable per component."""
 
-    steps: PositiveInt = 100
-    batch_size: PositiveInt = 16
-    eval_every: PositiveInt | None = Field(None, description="steps between dev evaluations; None = at the end")
-    log_every: PositiveInt = 1
-    eval_at_start: bool = True
+    steps: Count = 100
+    batch_size: Count = 16
+    eval_every: Count | None = Field(None, description="steps between dev evaluations; None = at the end")
+    log_every: Count = 1
+    eval_at_start: StrictBool = True
     select: Literal["best-dev", "last"] = "best-dev"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # torch.compile the model's repeated blocks (models.base.compile_blocks): shorter forwards where the model
     # is big enough, paid for with compile time at the first step and each new shape, and ~100 MB of
     # resident compiler. ZO methods need engine: inplace (the virtual engine's per-op view is not compiled)
-    compile: bool = False
-    max_seconds: float | None = Field(None, gt=0, description="stop a run after this much wall-clock")
+    compile: StrictBool = False
+    max_seconds: float | None = Field(None, gt=0, allow_inf_nan=False, description="stop a run after this much "
+                                                                                    "wall-clock")
     lm_eval: LmEvalSettings | None = Field(None, description="lm-eval tasks run on the final model (in-process)")
 
 
@@ -158,7 +232,7 @@ class Grid(Strict):
     tasks: list[Component]
     methods: list[Component]
     schemes: list[Component] = Field(default_factory=lambda: [Component(name="full")])
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[Seed] = Field(default_factory=lambda: [0])
 
     _coerce = field_validator("models", "tasks", "methods", "schemes", mode="before")(
         lambda cls, v: _as_components(v)
@@ -249,10 +323,12 @@ class CheckSpec(Strict):
                                              description="metric name or glob (e.g. 'test.*') → tolerance")
     timing: bool = Field(False, description="also compare wall-clock metrics (noisy: give them a tolerance)")
     ignore: list[str] = Field(default_factory=list, description="metric names or globs left out")
+    platform_bound: list[str] = Field(default_factory=list, description="run globs whose values repeat only on "
+                                      "the reference's platform: elsewhere only their counts and status are compared")
 
 
 class Suite(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)  # a folder name: keep it short
     description: str = ""
     regenerates: str | None = Field(None, description="the paper table this suite regenerates, e.g. 'mezo-table1'")
     defaults: RunSettings = Field(default_factory=RunSettings)

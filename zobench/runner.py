@@ -103,8 +103,11 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> dict[str, Any]:
     if "example_ids" in summary:
         store.write_text(run_id, "examples.json", json.dumps(summary.pop("example_ids")))
         summary["examples_file"] = "examples.json"
-    store.write_curve(run_id, curve)
-    store.write_summary(run_id, summary)
+    try:
+        store.write_curve(run_id, curve)
+    except OSError as e:  # a full disk: recorded in the summary (small), and the grid goes on
+        summary.update(status="failed", error=f"curve.parquet not written: {e}")
+    store.write_summary(run_id, summary)  # says so in one line, without raising, when it cannot be written
     return summary
 
 

@@ -141,6 +141,12 @@ class TinyModel(ModelLoader):
             raise FieldError("config", f"unknown transformers model_type '{model_type}'; {hint}")
         if p.tokenizer not in ("bytes", "wordpiece"):
             check_source("tokenizer", p.tokenizer, model=False)
+        from transformers import AutoConfig
+
+        try:  # transformers validates each field's type (hidden_size: big) when the config is built: no weights
+            AutoConfig.for_model(model_type, **{k: v for k, v in p.config.items() if k != "model_type"})
+        except Exception as e:  # huggingface_hub's StrictDataclass errors, ValueError, TypeError
+            raise FieldError("config", " ".join(str(e).split()) + "; fix that field of the model config") from None
 
     @classmethod
     def load(cls, params: dict[str, Any], device: torch.device, seed: int) -> ModelBundle:

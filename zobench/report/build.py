@@ -150,8 +150,8 @@ def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, summaries: list[dict[
         named=named, touched=touched, ours=ours, figures=figures, provenance=provenance(summaries),
         layouts=sorted(LAYOUTS))
     atomic_write(out / "index.html", page.encode())
-    frame.drop(columns=[c for c in ("task_params", "method_params") if c in frame]).to_csv(
-        out / "runs.csv", index=False)
+    atomic_write(out / "runs.csv", frame.drop(columns=[c for c in ("task_params", "method_params") if c in frame])
+                 .to_csv(index=False).encode())
     atomic_write(out / "meta.json", json.dumps({
         "suite": suite, "description": meta.get("description", ""), "regenerates": meta.get("regenerates"),
         "runs": len(frame), "statuses": statuses, "generated": dt.datetime.now().isoformat(timespec="seconds"),

@@ -20,6 +20,7 @@ import pandas as pd
 from zobench.problems.test_functions import FUNCTIONS
 from zobench.report.figures import pyplot, to_png
 from zobench.report.render import export
+from zobench.store import atomic_write
 
 TASK = "test-function"
 _LR = re.compile(r"\s+lr=\S+$")
@@ -120,8 +121,7 @@ def section(summaries: list[dict[str, Any]], tables_dir: Path) -> tuple[dict[str
     files = export(table, tables_dir, "trajectories", caption=title)
     png = figure(best)
     if png:
-        tables_dir.mkdir(parents=True, exist_ok=True)
-        (tables_dir.parent / "trajectories.png").write_bytes(png)
+        atomic_write(tables_dir.parent / "trajectories.png", png)
     note = (f"Learning rate per cell: the lowest median final distance over the suite's grid for that method. "
             f"'reached' counts functions ending within {REACHED} of the optimum. The paper's claim: ZO-AdaMU "
             f"reaches all six optima, MeZO (zo-sgd) none.")

@@ -44,7 +44,8 @@ class Task:
             return
         folder = Path(data_dir)
         if not folder.is_dir():
-            raise FieldError("data_dir", f"data folder '{folder}' does not exist; point data_dir at the task's "
+            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise FieldError("data_dir", f"data folder '{folder}' {what}; point data_dir at the task's "
                              f"local files{' (' + ', '.join(cls.data_files) + ')' if cls.data_files else ''}, "
                              f"or drop it to load the task from the hub")
         missing = [name for name in cls.data_files if not (folder / name).exists()]

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
+import jinja2.nodes
 import torch
-from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator, model_validator
 
-from zobench.errors import UserError
+from zobench.errors import FieldError, UserError
 from zobench.models.base import ModelBundle
 from zobench.registry import tasks
 from zobench.tasks.base import ChoiceParams, ChoiceTask, choice_workload, mezo_splits
@@ -33,7 +35,20 @@ from zobench.tasks.io import read_table
 from zobench.tasks.scoring import Choice
 
 MASK = "\x00mask\x00"
-_env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+# Suites are shared like lm-eval task files, so a template is untrusted: jinja2's sandbox refuses attributes
+# that start with '_' (the way out to Python: `lipsum.__globals__`), calls that are not safe, and changes
+# to objects it is handed; `unsafe_access` also refuses it before anything runs.
+_env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+def unsafe_access(text: str) -> str | None:
+    """The first '_'-prefixed attribute or key a template reaches for (`x.__class__`, `x['__globals__']`), else
+    None. The sandbox would refuse it while rendering; this refuses it when the suite is planned."""
+    for node in _env.parse(text).find_all((jinja2.nodes.Getattr, jinja2.nodes.Getitem)):
+        name = node.attr if isinstance(node, jinja2.nodes.Getattr) else getattr(node.arg, "value", None)
+        if isinstance(name, str) and name.startswith("_"):
+            return name
+    return None
 
 
 class CustomParams(BaseModel):
@@ -68,11 +83,21 @@ class CustomParams(BaseModel):
             raise ValueError("metric 'em' is for generation tasks (with 'answer'); use accuracy or f1")
         if self.answer is not None and self.metric == "accuracy":
             self.metric = "f1"
-        try:
-            _env.parse(self.template)
-        except jinja2.TemplateSyntaxError as e:
-            raise ValueError(f"template: jinja2 syntax error: {e.message}") from None
         return self
+
+    @field_validator("template", "answer")
+    @classmethod
+    def _safe(cls, text: str | None) -> str | None:
+        if text is None:
+            return None
+        try:
+            reached = unsafe_access(text)
+        except jinja2.TemplateSyntaxError as e:
+            raise ValueError(f"jinja2 syntax error: {e.message}") from None
+        if reached is not None:
+            raise ValueError(f"reaches for '{reached}', which templates may not use (they are rendered in jinja2's "
+                             f"sandbox); use only the row's fields, e.g. '{{{{ text }}}}'")
+        return text
 
 
 def _template(text: str, where: str) -> jinja2.Template:
@@ -86,7 +111,21 @@ def _render(tpl: jinja2.Template, row: dict[str, Any], where: str) -> str:
     try:
         return tpl.render(**row, mask=MASK)
     except jinja2.UndefinedError as e:
-        raise UserError(f"{where}: {e.message}; the row has fields {sorted(row)}") from None
+        raise UserError(f"{where}: {e.message}; the row has fields {sorted(set(row) - {'__where__'})}") from None
+    except SecurityError as e:
+        raise UserError(f"{where}: the template was refused by jinja2's sandbox ({e}); use only the row's fields"
+                        ) from None
+
+
+def _verbalizer_key(p: CustomParams, value: Any) -> str | None:
+    """The verbalizer key a label value stands for (as written, or lower-cased), None when there is none."""
+    assert p.verbalizer is not None
+    return next((key for key in (str(value), str(value).lower()) if key in p.verbalizer), None)
+
+
+def _file(p: CustomParams, name: str) -> Path:
+    base = Path(p.data_dir) if p.data_dir else Path.cwd()
+    return Path(name) if Path(name).is_absolute() else base / name
 
 
 @tasks.register("custom")
@@ -96,11 +135,47 @@ class CustomTask(ChoiceTask):
     Params = CustomParams  # type: ignore[assignment]
 
     @classmethod
+    def check(cls, params: dict[str, Any]) -> None:
+        """At planning, open every data file and try the task on it: the files exist and parse, the template and
+        answer render on a row (in the sandbox), the label field is there and every label maps to an option."""
+        p = CustomParams.model_validate(params)
+        if p.data_dir and not Path(p.data_dir).is_dir():
+            what = "is a file, not a folder" if Path(p.data_dir).exists() else "does not exist"
+            raise FieldError("data_dir", f"'{p.data_dir}' {what}; point data_dir at the folder holding the files")
+        for split, name in p.files.items():
+            path = _file(p, name)
+            if not path.is_file():
+                what = "is a folder" if path.is_dir() else "does not exist"
+                raise FieldError("files", f"{split} file '{path}' {what}; fix files.{split} (relative paths start "
+                                          f"from data_dir, or the task file's folder)")
+            try:
+                rows = read_table(path)
+            except UserError as e:
+                raise FieldError("files", f"files.{split}: {e}") from None
+            if not rows:
+                raise FieldError("files", f"{split} file '{path}' has no rows")
+            first = dict(rows[0], __where__=f"{path}: row 1")
+            for field in ("template", "answer") if p.answer is not None and p.answer not in first else ("template",):
+                try:
+                    _render(_template(getattr(p, field), field), first, first["__where__"])
+                except UserError as e:
+                    raise FieldError(field, f"{e}") from None
+            if p.answer is not None:
+                continue
+            if p.label_field not in first:
+                raise FieldError("label_field", f"{path} has no field '{p.label_field}'; set label_field to one of "
+                                                f"{sorted(rows[0])}")
+            for i, row in enumerate(rows):
+                try:
+                    cls.label_index(p, dict(row, __where__=f"{path}: row {i + 1}"))
+                except UserError as e:
+                    raise FieldError("verbalizer" if p.verbalizer is not None else "options", f"{e}") from None
+
+    @classmethod
     def read(cls, p: CustomParams) -> dict[str, list[dict[str, Any]]]:
-        base = Path(p.data_dir) if p.data_dir else Path.cwd()
         out = {}
         for split, name in p.files.items():
-            path = Path(name) if Path(name).is_absolute() else base / name
+            path = _file(p, name)
             rows = read_table(path)
             if not rows:
                 raise UserError(f"{path}: no rows")
@@ -118,10 +193,11 @@ class CustomTask(ChoiceTask):
         value = row[p.label_field]
         if p.verbalizer is not None:
             keys = list(p.verbalizer)
-            for key in (str(value), str(value).lower()):
-                if key in p.verbalizer:
-                    return keys.index(key)
-            raise UserError(f"{where}: label {value!r} is not a verbalizer key; keys: {keys}")
+            key = _verbalizer_key(p, value)
+            if key is None:
+                raise UserError(f"{where}: label {value!r} is not a verbalizer key; keys: {keys}; make the "
+                                f"verbalizer's keys the label values")
+            return keys.index(key)
         assert p.options is not None
         try:
             index = int(value)
