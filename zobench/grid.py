@@ -42,6 +42,9 @@ class RunSpec(BaseModel):
             data["settings"].pop("lm_eval", None)
         else:
             data["settings"]["lm_eval"].pop("data_dir", None)  # where data lives is not what the run is
+        method = data["method"]["params"]  # float32 weights: `auto` is full precision, as before the field existed
+        if method.get("mixed_precision") == "auto" and data["model"]["params"].get("dtype", "float32") == "float32":
+            method.pop("mixed_precision")
         for axis in AXES:
             data[axis]["params"] = {k: v for k, v in data[axis]["params"].items() if k not in UNHASHED}
             data[axis].pop("label")

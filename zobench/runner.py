@@ -7,6 +7,7 @@ a summary. A run that diverges, runs out of memory or crashes is recorded with t
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -119,6 +120,9 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
         compile_blocks(workload.module)
     method_cls = registry.methods.get(spec.method.name)
     method = method_cls(workload.trainable(), method_cls.Params.model_validate(spec.method.params), spec.seed)
+    if hasattr(method, "match_model"):  # first-order: mixed precision when the model's weights are half precision
+        method.match_model(workload.module)
+    amp = getattr(method, "autocast", contextlib.nullcontext)  # evaluations run at the training forward's precision
     if hasattr(method, "prepare"):  # training-free baselines: ICL sets demonstrations, linear probing fits its probe
         with clock.phase("prepare"):
             method.prepare(workload)
@@ -129,7 +133,7 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
 
     # forward-only passes on a training-sized batch: the inference peak a ZO step should approach
     probe_batch = workload.make_batch(Batches(workload.train_size, settings.batch_size, spec.seed).next())
-    with memory.window("inference"):
+    with memory.window("inference"), amp():
         probe_s = inference_probe(workload.loss, workload.module, probe_batch, device)
     del probe_batch
     memory.switch("train")
@@ -142,7 +146,7 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
     def evaluate_dev(step: int, row: dict[str, Any]) -> None:
         with clock.phase("step"):  # training work: counted as such
             settle()
-        with clock.phase("evaluation"), memory.window("evaluation"):
+        with clock.phase("evaluation"), memory.window("evaluation"), amp():
             dev = workload.evaluate("dev")
         row.update({f"dev_{k}": v for k, v in dev.items()})
         if settings.select == "last" or sign * dev[metric] > best["score"]:
@@ -186,7 +190,7 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
         settle()
     if best["state"] is not None and best["step"] != steps_done:
         workload.module.load_state_dict(best["state"], strict=False)
-    with clock.phase("evaluation"), memory.window("evaluation"):
+    with clock.phase("evaluation"), memory.window("evaluation"), amp():
         test = workload.evaluate("test")
     lm_eval = None
     if settings.lm_eval is not None and bundle is not None:  # the final model, in-process (zobench/lm_eval_bridge.py)
@@ -196,6 +200,7 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
             lm_eval = lm_eval_evaluate(workload.module, bundle.tokenizer, settings.lm_eval)
     return {
         **({"lm_eval": lm_eval} if lm_eval is not None else {}),
+        **({"precision": method.precision()} if hasattr(method, "precision") else {}),
         "metric": metric, "higher_is_better": workload.higher_is_better,
         "test": test, "test_metric": test[metric], "best_dev": best["dev"], "best_step": best["step"],
         "initial_dev_metric": best.get("initial"), "final_train_loss": train_loss, "steps": steps_done,
