@@ -25,10 +25,8 @@ def fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
-def plan(suite_file: Path, data_dir: str | None = None) -> tuple[object, list[RunSpec]]:
+def plan(suite_file: Path, data_dir: str | None = None, executor: str | None = None) -> tuple[object, list[RunSpec]]:
     """Load, validate and expand a suite; every user error surfaces here, before anything is written."""
-    from zobench.runner import resolve_device
-
     suite, lines = load_suite(suite_file)
     if suite.regenerates:
         from zobench.config import where
@@ -37,13 +35,7 @@ def plan(suite_file: Path, data_dir: str | None = None) -> tuple[object, list[Ru
         if not layout_keys(suite.regenerates):
             raise UserError(f"{where(suite_file, lines, ('regenerates',))}: unknown paper table "
                             f"'{suite.regenerates}'; known: {', '.join(LAYOUTS)}")
-    specs = expand(suite, suite_file, lines, data_dir=data_dir)
-    for spec in specs:
-        try:
-            resolve_device(spec.settings.device)
-        except UserError as e:
-            raise UserError(f"{suite_file}: defaults.device (or a component's settings.device): {e}") from None
-    return suite, specs
+    return suite, expand(suite, suite_file, lines, data_dir=data_dir, executor=executor)
 
 
 @app.command()
@@ -75,7 +67,7 @@ def run_cmd(
     from zobench.store import Store
 
     try:
-        suite, specs = plan(suite_file, data_dir)
+        suite, specs = plan(suite_file, data_dir, executor)
         engine = executor or suite.executor.name
         executor_cls = executors.get(engine)  # its options were checked with the suite (file:line)
     except UserError as e:

@@ -11,8 +11,10 @@ import contextlib
 import gc
 import math
 import os
+import platform
 import random
 import statistics
+import sys
 import time
 import traceback
 from typing import Any
@@ -35,11 +37,23 @@ class Diverged(Exception):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device a run trains on, decided where it executes (a login node submitting a Slurm or Ray grid
+    has no GPU; its jobs do)."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' was asked for but no GPU is visible; use device: auto or cpu")
+        raise UserError(f"device 'cuda' was asked for but no GPU is visible on {platform.node()} "
+                        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                        f"run it where a GPU is, or use device: auto or cpu")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def device_fallback(name: str, device: torch.device) -> str | None:
+    """Why an `auto` run is on the CPU, said loudly: an OPT-13B grid would otherwise crawl for days unnoticed."""
+    if name != "auto" or device.type != "cpu":
+        return None
+    return (f"device: auto found no GPU on {platform.node()} (torch.cuda.is_available() is False, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): running on the CPU")
 
 
 def seed_everything(seed: int) -> None:
@@ -69,16 +83,25 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> dict[str, Any]:
     """Train and evaluate one run; write its folder; return its summary. Never raises for a bad run."""
     run_id = spec.run_id
     store.write_spec(run_id, spec.model_dump(mode="json"))
-    device = resolve_device(spec.settings.device)
+    try:
+        device, device_error = resolve_device(spec.settings.device), None
+    except UserError as e:  # device: cuda where none is visible: this run fails, saying where it ran
+        device, device_error = torch.device("cpu"), str(e)
+    fallback = device_fallback(spec.settings.device, device)
+    if fallback:
+        print(f"WARNING [{run_id}]: {fallback}", file=sys.stderr, flush=True)
     summary: dict[str, Any] = {
         "run_id": run_id, "spec_hash": spec.spec_hash, "suite": spec.suite, "seed": spec.seed,
         "spec": spec.model_dump(mode="json"), "env": environment(device),
         "attempt": len(store.attempts(run_id)) or None, "pid": os.getpid(),
+        **({"device_fallback": fallback} if fallback else {}),
     }
     curve: list[dict[str, Any]] = []
     started = time.perf_counter()
     memory, clock = PeakMemory(device), Clock(device)
     try:
+        if device_error:
+            raise UserError(device_error)
         with memory, clock:
             summary.update(_train(spec, device, curve, progress, memory, clock, known=summary))
         summary["status"] = "done"
