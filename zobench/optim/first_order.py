@@ -3,8 +3,9 @@
 On half-precision weights they train as MeZO's FT rows did: HF Trainer with `--fp16` (princeton-nlp/MeZO
 large_models/finetune.sh:67, on a model loaded in float32, large_models/run.py:156-160), i.e. float32 master
 weights, the forward and backward under torch.autocast, and (for float16) dynamic loss scaling with
-torch.amp.GradScaler. Plain Adam on float16 parameters overflows its second moment and turns every
-parameter non-finite within a step.
+torch.amp.GradScaler. Plain Adam on float16 parameters fails: its eps (1e-8) rounds to 0 in float16, so a
+gradient that underflows divides 0 by 0, and the weights are non-finite after one step
+(tests/test_precision.py). `mixed_precision: "no"` keeps that behaviour reachable.
 """
 
 from __future__ import annotations
