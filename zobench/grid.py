@@ -16,8 +16,8 @@ from zobench.config import Component, Loc, Rule, RunSettings, Suite, _pydantic_m
 from zobench.errors import FieldError, UserError
 
 AXES = {"model": "models", "task": "tasks", "method": "methods", "scheme": "schemes"}
-UNHASHED = {"data_dir"}
-REMOTE = {"slurm", "ray"}  # executors whose runs execute on other machines  # where data lives is not what the run is
+UNHASHED = {"data_dir"}  # where data lives is not what the run is
+REMOTE = {"slurm", "ray"}  # executors whose runs execute on other machines
 
 
 class Resolved(BaseModel):
