@@ -424,6 +424,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "packages": {p: _version(p) for p in ("zobench", "torch", "transformers", "peft", "datasets", "numpy",
                                               "pandas", "nvidia-ml-py")},
         "git_revision": git_revision(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # which GPUs this process could see
     }
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)

@@ -49,11 +49,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def device_fallback(name: str, device: torch.device) -> str | None:
-    """Why an `auto` run is on the CPU, said loudly: an OPT-13B grid would otherwise crawl for days unnoticed."""
+    """Why an `auto` run is on the CPU, said loudly: an OPT-13B grid would otherwise crawl for days unnoticed.
+    (The host and CUDA_VISIBLE_DEVICES are in the printed warning and the summary's env.)"""
     if name != "auto" or device.type != "cpu":
         return None
-    return (f"device: auto found no GPU on {platform.node()} (torch.cuda.is_available() is False, "
-            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): running on the CPU")
+    return "device: auto found no GPU (torch.cuda.is_available() is False): running on the CPU"
 
 
 def seed_everything(seed: int) -> None:
@@ -89,7 +89,8 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> dict[str, Any]:
         device, device_error = torch.device("cpu"), str(e)
     fallback = device_fallback(spec.settings.device, device)
     if fallback:
-        print(f"WARNING [{run_id}]: {fallback}", file=sys.stderr, flush=True)
+        print(f"WARNING [{run_id}]: {fallback} on {platform.node()}, CUDA_VISIBLE_DEVICES="
+              f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}", file=sys.stderr, flush=True)
     summary: dict[str, Any] = {
         "run_id": run_id, "spec_hash": spec.spec_hash, "suite": spec.suite, "seed": spec.seed,
         "spec": spec.model_dump(mode="json"), "env": environment(device),
