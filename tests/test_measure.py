@@ -132,3 +132,117 @@ def test_a_run_records_phases_windows_and_per_step_times(write_suite, tmp_path):
         steps = curve[curve["step"] > 0]
         assert steps["step_s"].notna().all() and (steps["forward_s"] <= steps["step_s"]).all()
         assert list(steps["forward_passes"]) == ([2, 4, 6, 8] if spec.method.name == "zo-sgd" else [1, 2, 3, 4])
+
+
+# --------------------------------------------------------------------------- NVML, faked (no GPU needed)
+class FakeNVML:
+    """pynvml's calls that measure.py makes, over a made-up machine of GPUs (NVML's numbering: PCI order)."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, gpus: list[dict], procs: dict[str, list] | None = None) -> None:
+        self.gpus, self.procs = gpus, procs or {}
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.gpus)
+
+    def _find(self, key: str, value: str) -> dict:
+        for gpu in self.gpus:
+            if gpu[key].lower() == value.lower():
+                return gpu
+        raise self.NVMLError(f"no GPU with {key} {value}")
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> dict:
+        return self._find("uuid", uuid)
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus: str) -> dict:
+        return self._find("pci", bus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> dict:
+        return self.gpus[index]
+
+    def nvmlDeviceGetMemoryInfo(self, handle: dict):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(used=handle["used"], total=80 * 2**30)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: dict) -> list:
+        return self.procs.get(handle["uuid"], [])
+
+
+GPUS = [{"uuid": "GPU-aaaa", "pci": "00000000:3b:00.0", "used": 10 * MIB},
+        {"uuid": "GPU-bbbb", "pci": "00000000:86:00.0", "used": 500 * MIB}]
+
+
+def torch_sees(monkeypatch, **props) -> None:
+    """torch sees one GPU (cuda:0) with these properties (what CUDA_VISIBLE_DEVICES left it)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: SimpleNamespace(**props))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+@pytest.mark.parametrize("props", [{"uuid": "bbbb"}, {"uuid": "GPU-bbbb"},
+                                   {"pci_domain_id": 0, "pci_bus_id": 0x86, "pci_device_id": 0}])
+def test_nvml_matches_torchs_gpu_by_uuid_or_pci_bus_not_by_index(monkeypatch, props):
+    """CUDA_VISIBLE_DEVICES=1: torch's cuda:0 is NVML's GPU 1."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    torch_sees(monkeypatch, **props)
+    handle, how = measure.nvml_handle(FakeNVML(GPUS), 0)
+    assert handle["uuid"] == "GPU-bbbb", how
+
+
+def test_nvml_without_uuid_or_bus_reads_a_uuid_in_cuda_visible_devices_or_nothing(monkeypatch):
+    torch_sees(monkeypatch)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbbb")
+    assert measure.nvml_handle(FakeNVML(GPUS), 0)[0]["uuid"] == "GPU-bbbb"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with pytest.raises(RuntimeError, match="cannot tell which of NVML's 2 GPUs"):
+        measure.nvml_handle(FakeNVML(GPUS), 0)  # index 0 would be GPU-aaaa: absent beats wrong
+    assert measure.nvml_handle(FakeNVML(GPUS[1:]), 0)[0]["uuid"] == "GPU-bbbb"  # the only GPU
+
+
+def fake_cuda(monkeypatch, nvml: FakeNVML) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    torch_sees(monkeypatch, uuid="GPU-bbbb")
+    for name in ("empty_cache", "reset_peak_memory_stats", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: 0)
+
+
+def test_nvml_records_the_process_and_the_device_under_their_own_names(monkeypatch):
+    """Another process on the GPU grows by 300 MiB while ours holds 200 MiB: two figures, never one mixed."""
+    import os
+    from types import SimpleNamespace
+
+    nvml = FakeNVML([dict(g) for g in GPUS])
+    fake_cuda(monkeypatch, nvml)
+    gpu = nvml.gpus[1]
+    with PeakMemory(torch.device("cuda", 0), interval=60) as memory:  # samples taken at window edges only
+        gpu["used"] += 500 * MIB
+        nvml.procs["GPU-bbbb"] = [SimpleNamespace(pid=os.getpid(), usedGpuMemory=200 * MIB),
+                                  SimpleNamespace(pid=os.getpid() + 1, usedGpuMemory=300 * MIB)]
+        memory.switch("train")
+    record = memory.record()
+    assert record["nvml"]["bytes"] == 200 * MIB and "own" in record["nvml"]["source"]
+    assert record["nvml_device"]["bytes"] == 500 * MIB and "minus" in record["nvml_device"]["source"]
+    assert "GPU-bbbb" in record["nvml"]["source"]
+    train = memory.by_window()["train"]
+    assert (train["nvml"], train["nvml_device"]) == (200 * MIB, 500 * MIB)
+
+
+def test_nvml_without_per_process_figures_leaves_nvml_absent(monkeypatch):
+    nvml = FakeNVML([dict(g) for g in GPUS])
+    fake_cuda(monkeypatch, nvml)
+    with PeakMemory(torch.device("cuda", 0), interval=60) as memory:
+        nvml.gpus[1]["used"] += 64 * MIB
+        memory.switch("train")
+    record = memory.record()
+    assert "nvml" not in record and record["nvml_device"]["bytes"] == 64 * MIB

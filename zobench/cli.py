@@ -40,10 +40,8 @@ def os_error(e: OSError, fix: str) -> UserError:
     return UserError(f"{e.filename or ''}: {e.strerror or e}; {fix}")
 
 
-def plan(suite_file: Path, data_dir: str | None = None) -> tuple[object, list[RunSpec]]:
+def plan(suite_file: Path, data_dir: str | None = None, executor: str | None = None) -> tuple[object, list[RunSpec]]:
     """Load, validate and expand a suite; every user error surfaces here, before anything is written."""
-    from zobench.runner import resolve_device
-
     suite, lines = load_suite(suite_file)
     if suite.regenerates:
         from zobench.config import where
@@ -52,16 +50,11 @@ def plan(suite_file: Path, data_dir: str | None = None) -> tuple[object, list[Ru
         if not layout_keys(suite.regenerates):
             raise UserError(f"{where(suite_file, lines, ('regenerates',))}: unknown paper table "
                             f"'{suite.regenerates}'; known: {', '.join(LAYOUTS)}")
-    specs = expand(suite, suite_file, lines, data_dir=data_dir)
+    specs = expand(suite, suite_file, lines, data_dir=data_dir, executor=executor)
     for spec in specs:  # a run's folder is named by its id: most file systems stop at 255 bytes a name
         if len(spec.run_id.encode()) > 200:
             raise UserError(f"{suite_file}: run '{spec.run_id[:60]}...' has a {len(spec.run_id.encode())}-byte id "
                             f"(over 200, too long for a folder name); give its components shorter 'label's")
-    for spec in specs:
-        try:
-            resolve_device(spec.settings.device)
-        except UserError as e:
-            raise UserError(f"{suite_file}: defaults.device (or a component's settings.device): {e}") from None
     return suite, specs
 
 
@@ -91,7 +84,7 @@ def run_cmd(
     from zobench.registry import executors
 
     try:
-        suite, specs = plan(suite_file, data_dir)
+        suite, specs = plan(suite_file, data_dir, executor)
         engine = executor or suite.executor.name
         executor_cls = executors.get(engine)  # its options were checked with the suite (file:line)
         writable_folder(results, "--results")

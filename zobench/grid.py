@@ -17,6 +17,7 @@ from zobench.errors import FieldError, UserError
 
 AXES = {"model": "models", "task": "tasks", "method": "methods", "scheme": "schemes"}
 UNHASHED = {"data_dir"}  # where data lives is not what the run is
+REMOTE = {"slurm", "ray"}  # executors whose runs execute on other machines
 
 
 class Resolved(BaseModel):
@@ -42,6 +43,9 @@ class RunSpec(BaseModel):
             data["settings"].pop("lm_eval", None)
         else:
             data["settings"]["lm_eval"].pop("data_dir", None)  # where data lives is not what the run is
+        method = data["method"]["params"]  # float32 weights: `auto` is full precision, as before the field existed
+        if method.get("mixed_precision") == "auto" and data["model"]["params"].get("dtype", "float32") == "float32":
+            method.pop("mixed_precision")
         for axis in AXES:
             data[axis]["params"] = {k: v for k, v in data[axis]["params"].items() if k not in UNHASHED}
             data[axis].pop("label")
@@ -109,7 +113,7 @@ def _matches(rule: Rule, cell: dict[str, Any]) -> bool:
 
 
 def _settings(suite: Suite, comps: list[Component], path: Path, lines: dict[Loc, int],
-              locs: list[Loc], data_dir: str | None = None) -> RunSettings:
+              locs: list[Loc], data_dir: str | None = None, executor: str | None = None) -> RunSettings:
     """The run's settings: defaults, then each component's; lm_eval.data_dir is taken relative to the suite
     file, and when unset it is the suite's data_dir (or --data-dir)."""
     merged = suite.defaults.model_dump()
@@ -122,7 +126,8 @@ def _settings(suite: Suite, comps: list[Component], path: Path, lines: dict[Loc,
         loc = next((lo for c, lo in zip(comps, locs, strict=True) if err["loc"][0] in c.settings), ("defaults",))
         raise UserError(f"{where(path, lines, (*loc, 'settings', *err['loc']))}: "
                         f"{_pydantic_message(err, RunSettings)}") from None
-    if settings.device == "cuda" and not _cuda_available():
+    remote = (executor or suite.executor.name) in REMOTE  # a login node submits; the job checks its own GPU
+    if settings.device == "cuda" and not remote and not _cuda_available():
         loc = next(((*lo, "settings", "device") for c, lo in zip(comps, locs, strict=True) if "device" in c.settings),
                    ("defaults", "device"))
         raise UserError(f"{where(path, lines, loc)}: device 'cuda' is asked for but no GPU is visible here; "
@@ -168,8 +173,9 @@ def task_component(comp: Component, path: Path, lines: dict[Loc, int], loc: Loc,
 
 
 def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
-           data_dir: str | None = None) -> list[RunSpec]:
-    """The suite's runs, in a stable order, validated against the registries."""
+           data_dir: str | None = None, executor: str | None = None) -> list[RunSpec]:
+    """The suite's runs, in a stable order, validated against the registries. `executor` (default: the
+    suite's) says whether runs execute on this machine, so whether a missing GPU is known here."""
     path, lines = Path(path), lines or {}
     origins: dict[str, str] = {}
     if data_dir:  # from the command line: relative to the current folder
@@ -219,7 +225,8 @@ def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
                             f"{task[0].label}}}]` or give it its own suite")
         comps = [c for _, c, _ in (model, task, method, scheme)]
         locs = [lo for _, _, lo in (model, task, method, scheme)]
-        spec = RunSpec(suite=suite.name, settings=_settings(suite, comps, path, lines, locs, data_dir), **cell)
+        spec = RunSpec(suite=suite.name, settings=_settings(suite, comps, path, lines, locs, data_dir,
+                                                               executor), **cell)
         uncompilable = getattr(registry.methods.get(method[0].name), "uncompilable", None)
         reason = spec.settings.compile and uncompilable and uncompilable(method[0].params)
         if reason:

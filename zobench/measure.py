@@ -8,8 +8,9 @@ context-variable lookup when none is active.
 Memory: `PeakMemory` records, per run and per window (setup, inference, train, evaluation):
 - `rss`: the process's peak resident set, from the kernel's high-water mark (Linux VmHWM, reset per
   window through /proc/self/clear_refs) where possible, else from psutil samples taken on a thread;
-- `nvml`: device memory through pynvml, this process's own where the driver reports it, else device used
-  minus the baseline taken before the run (sampled on a thread);
+- `nvml`: this process's own device memory through pynvml, where the driver reports it, and
+  `nvml_device`: the device's used memory minus the baseline taken before the run (both sampled on a
+  thread; the GPU is matched to torch's by UUID or PCI bus id, never by raw index);
 - `torch_allocator`: torch.cuda.max_memory_allocated, reset per window.
 A source that is unavailable (no GPU, no NVML) is absent from the record, never zero.
 """
@@ -159,9 +160,41 @@ class _KernelHWM:
             f.write("5")
 
 
+def nvml_handle(pynvml: Any, index: int) -> tuple[Any, str]:
+    """NVML's handle for torch's CUDA device `index`, and how it was matched.
+
+    torch numbers only the GPUs CUDA_VISIBLE_DEVICES lets it see, in that list's order (and by default
+    fastest first); NVML numbers every GPU on the machine by PCI bus. So the GPU is matched by its UUID,
+    else its PCI bus id, else a UUID named in CUDA_VISIBLE_DEVICES; by raw index only when NVML sees a
+    single GPU. Otherwise this raises and the NVML figures are absent rather than another GPU's.
+    """
+    props = torch.cuda.get_device_properties(index)
+    uuid = getattr(props, "uuid", None)
+    if uuid is not None:
+        text = str(uuid)
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"), \
+                f"uuid {text}"
+        except pynvml.NVMLError:
+            pass
+    if getattr(props, "pci_bus_id", None) is not None:
+        bus = f"{getattr(props, 'pci_domain_id', 0):08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+        try:
+            return pynvml.nvmlDeviceGetHandleByPciBusId(bus), f"pci {bus}"
+        except pynvml.NVMLError:
+            pass
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if index < len(visible) and visible[index].startswith(("GPU-", "MIG-")):
+        return pynvml.nvmlDeviceGetHandleByUUID(visible[index]), f"uuid {visible[index]} (CUDA_VISIBLE_DEVICES)"
+    if pynvml.nvmlDeviceGetCount() == 1:
+        return pynvml.nvmlDeviceGetHandleByIndex(0), "the only GPU"
+    raise RuntimeError(f"cannot tell which of NVML's {pynvml.nvmlDeviceGetCount()} GPUs is torch's cuda:{index}")
+
+
 class _NVML:
-    """Device memory through pynvml: this process's own use where the driver reports it, else device-used
-    minus the baseline taken before the run."""
+    """Device memory through pynvml, two figures under their own names: `nvml`, this process's own use
+    where the driver reports it (absent where it does not, e.g. in many containers), and `nvml_device`,
+    the device's used memory minus what was used before the run (other processes on the GPU count too)."""
 
     def __init__(self, device: torch.device) -> None:
         import pynvml
@@ -169,25 +202,20 @@ class _NVML:
         pynvml.nvmlInit()
         self.nvml = pynvml
         index = device.index if device.index is not None else torch.cuda.current_device()
-        try:  # by UUID: under CUDA_VISIBLE_DEVICES, torch's index is not NVML's
-            uuid = str(torch.cuda.get_device_properties(index).uuid)
-            self.handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
-        except (AttributeError, pynvml.NVMLError):
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self.handle, self.matched = nvml_handle(pynvml, index)
         self.baseline = pynvml.nvmlDeviceGetMemoryInfo(self.handle).used
-        self.source = "nvml-process"
 
-    def read(self) -> int | None:
+    def read(self) -> dict[str, int]:
+        out: dict[str, int] = {}
         try:
             procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(self.handle)
             mine = [p.usedGpuMemory for p in procs if p.pid == os.getpid() and p.usedGpuMemory]
             if mine:
-                self.source = "nvml-process"
-                return int(sum(mine))
+                out["nvml"] = int(sum(mine))
         except self.nvml.NVMLError:
             pass
-        self.source = "nvml-device-minus-baseline"
-        return int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used - self.baseline)
+        out["nvml_device"] = int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used - self.baseline)
+        return out
 
 
 class PeakMemory:
@@ -224,9 +252,8 @@ class PeakMemory:
         if self._hwm is None:
             self._note("rss", self.process.memory_info().rss)
         if self._nvml is not None:
-            used = self._nvml.read()
-            if used is not None:
-                self._note("nvml", used)
+            for source, used in self._nvml.read().items():
+                self._note(source, used)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -264,9 +291,7 @@ class PeakMemory:
         if self._cuda:
             out["torch_allocator"] = int(torch.cuda.memory_allocated(self.device))
         if self._nvml is not None:
-            used = self._nvml.read()
-            if used is not None:
-                out["nvml"] = used
+            out.update(self._nvml.read())
         return out
 
     def switch(self, name: str) -> None:
@@ -315,7 +340,9 @@ class PeakMemory:
         out = {"rss": self._hwm.source if self._hwm is not None else f"psutil RSS sampled every {self.interval}s",
                "torch_allocator": "torch.cuda.max_memory_allocated, reset per window"}
         if self._nvml is not None:
-            out["nvml"] = self._nvml.source + f", sampled every {self.interval}s"
+            where = f"on the GPU matched by {self._nvml.matched}, sampled every {self.interval}s"
+            out["nvml"] = f"nvml: this process's own device memory, {where}"
+            out["nvml_device"] = f"nvml: the device's used memory minus its use before the run, {where}"
         return out
 
     def record(self) -> dict[str, dict[str, Any]]:
@@ -397,6 +424,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "packages": {p: _version(p) for p in ("zobench", "torch", "transformers", "peft", "datasets", "numpy",
                                               "pandas", "nvidia-ml-py")},
         "git_revision": git_revision(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # which GPUs this process could see
     }
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)

@@ -7,12 +7,15 @@ a summary. A run that diverges, runs out of memory or crashes is recorded with t
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
 import os
+import platform
 import random
 import statistics
+import sys
 import time
 import traceback
 from typing import Any
@@ -35,11 +38,23 @@ class Diverged(Exception):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device a run trains on, decided where it executes (a login node submitting a Slurm or Ray grid
+    has no GPU; its jobs do)."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' was asked for but no GPU is visible; use device: auto or cpu")
+        raise UserError(f"device 'cuda' was asked for but no GPU is visible on {platform.node()} "
+                        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                        f"run it where a GPU is, or use device: auto or cpu")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def device_fallback(name: str, device: torch.device) -> str | None:
+    """Why an `auto` run is on the CPU, said loudly: an OPT-13B grid would otherwise crawl for days unnoticed.
+    (The host and CUDA_VISIBLE_DEVICES are in the printed warning and the summary's env.)"""
+    if name != "auto" or device.type != "cpu":
+        return None
+    return "device: auto found no GPU (torch.cuda.is_available() is False): running on the CPU"
 
 
 def seed_everything(seed: int) -> None:
@@ -69,16 +84,26 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> dict[str, Any]:
     """Train and evaluate one run; write its folder; return its summary. Never raises for a bad run."""
     run_id = spec.run_id
     store.write_spec(run_id, spec.model_dump(mode="json"))
-    device = resolve_device(spec.settings.device)
+    try:
+        device, device_error = resolve_device(spec.settings.device), None
+    except UserError as e:  # device: cuda where none is visible: this run fails, saying where it ran
+        device, device_error = torch.device("cpu"), str(e)
+    fallback = device_fallback(spec.settings.device, device)
+    if fallback:
+        print(f"WARNING [{run_id}]: {fallback} on {platform.node()}, CUDA_VISIBLE_DEVICES="
+              f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}", file=sys.stderr, flush=True)
     summary: dict[str, Any] = {
         "run_id": run_id, "spec_hash": spec.spec_hash, "suite": spec.suite, "seed": spec.seed,
         "spec": spec.model_dump(mode="json"), "env": environment(device),
         "attempt": len(store.attempts(run_id)) or None, "pid": os.getpid(),
+        **({"device_fallback": fallback} if fallback else {}),
     }
     curve: list[dict[str, Any]] = []
     started = time.perf_counter()
     memory, clock = PeakMemory(device), Clock(device)
     try:
+        if device_error:
+            raise UserError(device_error)
         with memory, clock:
             summary.update(_train(spec, device, curve, progress, memory, clock, known=summary))
         summary["status"] = "done"
@@ -128,6 +153,9 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
         compile_blocks(workload.module)
     method_cls = registry.methods.get(spec.method.name)
     method = method_cls(workload.trainable(), method_cls.Params.model_validate(spec.method.params), spec.seed)
+    if hasattr(method, "match_model"):  # first-order: mixed precision when the model's weights are half precision
+        method.match_model(workload.module)
+    amp = getattr(method, "autocast", contextlib.nullcontext)  # evaluations run at the training forward's precision
     if hasattr(method, "prepare"):  # training-free baselines: ICL sets demonstrations, linear probing fits its probe
         with clock.phase("prepare"):
             method.prepare(workload)
@@ -138,7 +166,7 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
 
     # forward-only passes on a training-sized batch: the inference peak a ZO step should approach
     probe_batch = workload.make_batch(Batches(workload.train_size, settings.batch_size, spec.seed).next())
-    with memory.window("inference"):
+    with memory.window("inference"), amp():
         probe_s = inference_probe(workload.loss, workload.module, probe_batch, device)
     del probe_batch
     memory.switch("train")
@@ -151,7 +179,7 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
     def evaluate_dev(step: int, row: dict[str, Any]) -> None:
         with clock.phase("step"):  # training work: counted as such
             settle()
-        with clock.phase("evaluation"), memory.window("evaluation"):
+        with clock.phase("evaluation"), memory.window("evaluation"), amp():
             dev = workload.evaluate("dev")
         row.update({f"dev_{k}": v for k, v in dev.items()})
         if settings.select == "last" or sign * dev[metric] > best["score"]:
@@ -195,7 +223,7 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
         settle()
     if best["state"] is not None and best["step"] != steps_done:
         workload.module.load_state_dict(best["state"], strict=False)
-    with clock.phase("evaluation"), memory.window("evaluation"):
+    with clock.phase("evaluation"), memory.window("evaluation"), amp():
         test = workload.evaluate("test")
     lm_eval = None
     if settings.lm_eval is not None and bundle is not None:  # the final model, in-process (zobench/lm_eval_bridge.py)
@@ -205,6 +233,7 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
             lm_eval = lm_eval_evaluate(workload.module, bundle.tokenizer, settings.lm_eval)
     return {
         **({"lm_eval": lm_eval} if lm_eval is not None else {}),
+        **({"precision": method.precision()} if hasattr(method, "precision") else {}),
         "metric": metric, "higher_is_better": workload.higher_is_better,
         "test": test, "test_metric": test[metric], "best_dev": best["dev"], "best_step": best["step"],
         "initial_dev_metric": best.get("initial"), "final_train_loss": train_loss, "steps": steps_done,

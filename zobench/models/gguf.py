@@ -22,7 +22,7 @@ def need_gguf_package() -> None:
     try:
         import gguf  # noqa: F401
     except ImportError:
-        raise UserError("reading a GGUF checkpoint needs the 'gguf' package: pip install 'gguf>=0.10' "
+        raise UserError("reading a GGUF checkpoint needs the 'gguf' package: pip install 'gguf>=0.17.1' "
                         "(or pip install 'zobench[gguf]')") from None
 
 
