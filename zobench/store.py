@@ -23,9 +23,6 @@ import pandas as pd
 import yaml
 from filelock import FileLock, Timeout
 
-STATUSES = ("done", "diverged", "oom", "failed")
-
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
