@@ -44,8 +44,9 @@ def main(model: str) -> None:
             method = cls(params, cls.Params.model_validate(
                 {"lr": 1e-6, "eps": 1e-3, "direction": direction, "engine": "inplace", "rng": rng}), 0)
             subject.model.requires_grad_(False)
-            rows[f"{direction} {rng}: one-direction pass"] = median_s(lambda m=method: m.add_z(1, 1e-9))
-            rows[f"{direction} {rng}: two-direction pass"] = median_s(lambda m=method: m.add_z(1, 1e-9, then=(2, 1e-9)))
+            rows[f"{direction} {rng}: one-direction pass"] = median_s(lambda m=method: m.directions.add(1, 1e-9))
+            rows[f"{direction} {rng}: two-direction pass"] = median_s(
+                lambda m=method: m.directions.add(1, 1e-9, then=(2, 1e-9)))
             rows[f"{direction} {rng}: in-place step"] = median_s(lambda m=method: m.step(subject.loss))
     f = median_s(torch.inference_mode()(lambda: float(subject.loss())), repeats=5)
     print(f"{model}: {subject.info['params'] / 1e6:.1f}M params, F = {f:.4f} s")

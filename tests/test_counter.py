@@ -162,11 +162,11 @@ def test_in_place_passes_follow_a_parameter_given_new_memory():
     method = cls(params, cls.Params.model_validate({"engine": "inplace", "rng": "counter",
                                                     "direction": "rademacher"}), 0)
     with torch.no_grad():
-        method.add_z(5, 1.0)
+        method.directions.add(5, 1.0)
         params[1].data = torch.zeros(4096)
-        method.add_z(5, 1.0)
+        method.directions.add(5, 1.0)
     for i, (p, times) in enumerate(zip(params, (2, 1, 2), strict=True)):
-        assert torch.equal(p.detach(), times * method.unscaled(i, p, 5))
+        assert torch.equal(p.detach(), times * method.directions.unscaled(i, p, 5))
 
 
 def test_in_place_groups_move_into_one_buffer_once():
@@ -180,11 +180,11 @@ def test_in_place_groups_move_into_one_buffer_once():
     hp = cls.Params.model_validate({"engine": "inplace", "rng": "counter", "direction": "rademacher"})
     first, second = cls(params, hp, 0), cls(params, hp, 1)
     with torch.no_grad():
-        first.add_z(5, 0.0)
+        first.directions.add(5, 0.0)
         assert len({p.untyped_storage().data_ptr() for p in params}) == 1  # one group, one buffer
         assert all(torch.equal(p.detach(), b) for p, b in zip(params, before, strict=True))
         where = [p.data_ptr() for p in params]
-        second.add_z(6, 1.0)
+        second.directions.add(6, 1.0)
         assert [p.data_ptr() for p in params] == where
     for i, (p, b) in enumerate(zip(params, before, strict=True)):
-        assert torch.equal(p.detach(), b + second.unscaled(i, p, 6))
+        assert torch.equal(p.detach(), b + second.directions.unscaled(i, p, 6))

@@ -132,7 +132,7 @@ def test_counter_groups_follow_the_four_pass_trajectory(engine, direction, monke
     ids = torch.randint(0, 300, (4, 12), generator=torch.Generator().manual_seed(1))
     hp = {"engine": engine, "rng": "counter", "direction": direction, "q": 2}
     fast, ref = method_for(fast_model, **hp), method_for(ref_model, **hp)
-    assert fast.layout().members == [list(range(len(fast.params)))]
+    assert fast.directions.layout.members == [list(range(len(fast.params)))]
     follow_four_pass(fast_model, ref_model, fast, ref, ids, steps=3, rel=1e-5, atol=1e-6)
     storages = {p.untyped_storage().data_ptr() for p in fast_model.parameters()}
     if engine == "inplace":  # the groups' members share buffers
@@ -148,7 +148,7 @@ def test_pieces_are_the_whole_direction_and_blockwise_ops_are_exact(monkeypatch)
     method = method_for(model, direction="rademacher")
     for i, p in enumerate(method.params):
         whole = method.direction(i, p, 11)
-        parts = torch.cat([z.reshape(-1).clone() for _, _, z in method.pieces(i, p, 11)])  # one buffer, reused
+        parts = torch.cat([z.reshape(-1).clone() for _, _, z in method.directions.pieces(i, p, 11)])  # one buffer
         assert torch.equal(whole.reshape(-1), parts)
     ids = torch.randint(0, 300, (2, 9))
     loss = lambda: model(ids, labels=ids).loss  # noqa: E731

@@ -68,7 +68,7 @@ def injected(name: str, params: list[torch.nn.Parameter], rec: Recorder, seed: i
         rec.counts[id(gen)] = k + 1
         return rec.draw((*rec.keys[id(gen)], k), p.shape).to(p.dtype)
 
-    sub = type(f"Golden{cls.__name__}", (cls,), {"generator": generator, "noise": noise})
+    sub = type(f"Golden{cls.__name__}", (cls,), {"generator": generator, "noise": noise, "own_draw": True})
     return sub(params, cls.Params.model_validate(hp), seed)
 
 

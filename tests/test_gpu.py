@@ -41,8 +41,10 @@ def test_fused_kernel_draws_unit_directions_repeatably(kind):
     torch.testing.assert_close(b[0], d[0])
 
 
-@pytest.mark.parametrize("hp", [{"engine": "inplace", "direction": "rademacher"}, {"engine": "inplace", "q": 2},
-                                {"engine": "inplace", "direction": "rademacher", "q": 2, "weight_decay": 0.1},
+@pytest.mark.parametrize("hp", [{"engine": "inplace", "direction": "rademacher", "rng": "triton"},
+                                {"engine": "inplace", "q": 2},
+                                {"engine": "inplace", "direction": "rademacher", "q": 2, "weight_decay": 0.1,
+                                 "rng": "triton"},
                                 {"engine": "virtual"}, {"engine": "inplace", "rng": "counter", "q": 2}],
                          ids=["inplace-rademacher", "inplace-gaussian-q2", "inplace-rademacher-q2-decay", "virtual",
                               "inplace-counter-q2"])
@@ -54,7 +56,7 @@ def test_engines_follow_the_four_pass_trajectory_on_the_gpu(hp):
     ids = torch.randint(0, 300, (4, 12), generator=torch.Generator().manual_seed(1)).cuda()
     fast, ref = method_for(fast_model, **hp), method_for(ref_model, **hp)
     if hp["engine"] == "inplace":
-        assert (fast.fused() is not None) == (hp.get("direction") == "rademacher")  # the kernel: Rademacher only
+        assert (fast.directions.name == "triton") == (hp.get("rng") == "triton")  # the kernel only when asked for
     follow_four_pass(fast_model, ref_model, fast, ref, ids, steps=3, rel=1e-4, atol=1e-5)
 
 

@@ -35,7 +35,6 @@ from typing import Any
 import psutil
 import torch
 
-PHASES = ("forward", "perturbation", "update", "backward", "evaluation")
 _NULL = nullcontext()
 _ACTIVE: contextvars.ContextVar[Clock | None] = contextvars.ContextVar("zobench_clock", default=None)
 
@@ -105,15 +104,11 @@ class Clock:
 def phase(name: str):
     """Time a block into the active clock; a shared no-op context when no clock is active.
 
-    Use in methods: `with phase("perturbation"): ...`. Names in PHASES are reported in the runner's
-    summary and curves; other names are recorded too.
+    Use in methods: `with phase("update"): ...`; every name timed is reported in the runner's summary
+    and curves.
     """
     clock = _ACTIVE.get()
     return _NULL if clock is None else clock.phase(name)
-
-
-def active_clock() -> Clock | None:
-    return _ACTIVE.get()
 
 
 def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:

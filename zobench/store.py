@@ -27,7 +27,6 @@ import yaml
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-STATUSES = ("done", "diverged", "oom", "failed")
 UNCHECKED = ("summary.json", "attempts.jsonl")  # written after (or beside) the checksums, never checksummed
 REQUIRED = ("spec.yaml", "curve.parquet")  # every finished run has them; a record without them is damaged
 

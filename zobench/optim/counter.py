@@ -1,10 +1,9 @@
 """Counter-based directions (`rng: counter`): number e of a tensor's z is a hash of (the tensor's seed, e).
 
-Why: torch's CPU generator is a sequential Mersenne twister, ≈ 400 M numbers/s on one core whatever
-the thread count, so a Gaussian draw of a 135M-parameter model costs a third of a forward pass and a
-step draws three. A hash of the element's position has no state: torch.compile turns it (splitmix64's
-finaliser, then Box–Muller on 24 + 24 of its bits) into one loop on every core, ≈ 2× faster per
-Gaussian pass over θ on a 2-core CPU, and any element can be made alone (no pieces needed for
+Why: torch's CPU generator is a sequential Mersenne twister, one core whatever the thread count, and a
+step draws z three times. A hash of the element's position has no state: torch.compile turns it
+(splitmix64's finaliser, then Box–Muller on 24 + 24 of its bits) into one loop on every core, and any
+element can be made alone (no pieces needed for
 correctness, only for memory). Rademacher signs come 64 to a hash: number e is −1 where bit e mod 64 of
 the hash of block e div 64 is set; the block's words are made first (1/32 of the numbers' bytes), then
 one loop reads them, so a pass over θ costs little more than the add itself. The in-place engine's passes
@@ -232,8 +231,8 @@ def shift_(out: torch.Tensor, theta: torch.Tensor, kind: str, start: int, base: 
 class Batched:
     """θ_i += α·z_i (+ β·z₂_i) for many contiguous tensors θ_i, z_i's numbers from starts[i] of the z seeded
     bases[i] (bases2[i]): the numbers `add_` makes tensor by tensor, made _BATCH tensors to a compiled call.
-    Why: a compiled call costs tens of µs before it does anything, and a model has a hundred tensors or more
-    (on MiniLM, 106, a call per tensor was a third of a pass). Which tensor goes in which call is worked out
+    Why: a compiled call has a fixed cost before it does anything, and a model has a hundred tensors or more
+    (benchmarks/README.md has the figures). Which tensor goes in which call is worked out
     once (a method keeps this for its run). A tensor that does not fill whole rows of 64 (its size, or a
     Rademacher start, not a multiple of 64; or a single row) goes alone through `add_`."""
 

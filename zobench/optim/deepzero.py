@@ -59,6 +59,8 @@ class CGE(ZOMethod):
     Params = CGEParams
     hp: CGEParams
     decays_vectors = True  # torch SGD over network.parameters(): every tensor decays
+    own_queries = True
+    sgd_update = False
 
     def __init__(self, params: list[torch.nn.Parameter], hp: CGEParams, seed: int) -> None:
         super().__init__(params, hp, seed)
@@ -106,7 +108,7 @@ class CGE(ZOMethod):
             flat[j] = saved  # exact restore
             self.forward_passes += 1
             grads.append(scale * g)
-        self.projected_grads, self.base_loss = grads, base
+        self.base_loss = base
         return [int(c) for c in coords], grads, base
 
     @torch.no_grad()

@@ -33,6 +33,7 @@ class ForwardGrad(ZOMethod):
 
     Params = ForwardGradParams
     differentiates = True  # ∇L·z by forward-mode AD: a metric objective has none
+    own_queries = True
 
     def query(self, loss_fn: LossFn, seed: int, base: float | None) -> tuple[float, float]:
         with torch.no_grad(), fwAD.dual_level(), sdpa_kernel(SDPBackend.MATH):

@@ -5,8 +5,8 @@ pass draws z into memory and adds it (≈ 8 bytes moved per bf16 number, two lau
 tensors); here one launch covers all parameters, each number is read and written once and z never
 exists in memory. z for (query seed, parameter index, element) comes from Triton's philox, so it is
 the same in every pass of a step and on every run on the same device (it is not torch's normal_
-stream: the CPU and the torch-op path draw other numbers). Used only on CUDA with Triton installed,
-for the engine's own directions (`ZOMethod.fused`); everything else keeps the torch path.
+stream: the CPU and the torch-op path draw other numbers). Used only when a run asks for
+`rng: triton` (optim/directions.py, `TritonPhilox`), for the engine's own directions.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ class HiZOO(ZOMethod):
 
     Params = HiZOOParams
     hp: HiZOOParams
-    needs_base = True
+    needs_base = own_draw = own_queries = True
+    sgd_update = False
     decays_vectors = True  # trainer.py:513 decays every tensor
 
     def __init__(self, params: list[torch.nn.Parameter], hp: HiZOOParams, seed: int) -> None:
@@ -64,7 +65,7 @@ class HiZOO(ZOMethod):
             if hp.hessian_smooth:
                 fresh = torch.zeros_like(p)
                 for seed, (plus, minus) in zip(seeds, self.pairs, strict=True):
-                    u = self.noise(p, self.generator(p, seed, i)).mul_(self.sphere_scale(seed))
+                    u = self.noise(p, self.generator(p, seed, i)).mul_(self.directions.sphere_scale(seed))
                     fresh.addcmul_(u, u, value=abs(plus + minus - 2 * base) / (2 * hp.eps**2) / q)
                 # Σ⁻¹ ← (1−α)Σ⁻¹ + α·curvature·u²·Σ⁻¹  (diag of Σ^{-1/2} u uᵀ Σ^{-1/2}), both terms from the old Σ⁻¹
                 fresh.mul_(self.hess[i])

@@ -23,6 +23,8 @@ def _as_matrix(p: torch.Tensor) -> tuple[int, int]:
 class _Bases(ZOMethod):
     """Shared: per-period seeds for bases that change every `interval` steps."""
 
+    own_draw = True
+
     def period_seed(self, interval: int) -> int:
         return (self.seed * 1_000_003 + (self.t - 1) // interval) % (2**62)
 

@@ -30,6 +30,7 @@ class SparseMeZO(ZOMethod):
     Params = SparseMeZOParams
     hp: SparseMeZOParams
     reads_theta = True  # the mask is |θ| ≤ h
+    own_draw = True
 
     def begin_step(self) -> None:
         self.thresholds: list[float] = []

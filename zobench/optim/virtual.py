@@ -12,27 +12,20 @@ sharing θ's storage, whose `__torch_function__` hands each op the value `shift(
 θ + εz(seed, i) regenerated on the spot — and frees it after the op. Peak extra memory is a few
 pieces or groups (at most 2^18 numbers each on CPU, 2^24 on a GPU; MeZO materialises z per
 parameter), nothing of the model's size is kept, and when the forward is done θ is bit-for-bit
-what it was. The only write to θ is the method's own update. `PieceShift` is the engine's shift:
-θ + εz made per piece of a big tensor (matrix products and embedding lookups block by block) or per
-group of small ones.
+what it was. The only write to θ is the method's own update. A shift may also offer `blocks` (rows of
+θ + εz a block at a time, optim/directions.py's `PieceShift`): then big matrix products and embedding
+lookups run block by block.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 from torch._C import DisableTorchFunctionSubclass
 from torch.utils import swap_tensors
 from torch.utils._pytree import tree_leaves, tree_map
-
-from zobench.optim import counter
-from zobench.optim.noise import chunk, rows_of
-
-if TYPE_CHECKING:
-    from zobench.optim.zo import ZOMethod
 
 Shift = Callable[[int, torch.Tensor], torch.Tensor]  # (parameter index, θ_i as a plain tensor) → value seen
 
@@ -170,73 +163,3 @@ def shifted(params: Sequence[torch.Tensor], shift: Shift | None) -> Iterator[Non
         return
     with swapped(params, Control(shift)):
         yield
-
-
-class PieceShift:
-    """θ_i ↦ θ_i + scale·z_i(seed) made piece by piece (no z of θ's size); `blocks` gives it row block by
-    row block, so `virtual` can run a big matrix product or embedding lookup without θ + εz whole."""
-
-    KEEP = 3  # groups' θ + εz kept at once: a layer reads its norms, attention and MLP out of order
-
-    def __init__(self, method: ZOMethod, seed: int, scale: float) -> None:
-        self.method, self.seed = method, seed
-        self.alpha = scale * method.sphere_scale(seed)  # before any piece: the sphere pass reseeds
-        self.kept: dict[int, dict[int, torch.Tensor]] = {}  # first member → {member: its θ + εz}, oldest first
-
-    def members(self, i: int) -> dict[int, torch.Tensor]:
-        """θ + αz for grouped parameter i and members of its group read with it: one copy of θ and one add for
-        all (a fresh buffer each time, so a view an op kept of an earlier one stays valid). `rng: torch`: the
-        whole group, from one draw. `rng: counter` (groups of up to 2^21 numbers): i and the members after it
-        within a piece's worth of numbers, made in one compiled loop from the group's numbers at their offsets."""
-        method, lay = self.method, self.method.layout()
-        g, kind = lay.group_of[i], method.counter_kind()
-        take = lay.members[g] if kind is None else lay.members[g][lay.position[i]:]
-        lo, first = lay.offset[take[0]], _plain(method.params[take[0]])
-        end = [lay.offset[j] + method.params[j].numel() - lo for j in take]
-        if kind is not None:
-            take = take[:max(1, sum(e <= chunk(first.device) for e in end))]  # offsets grow: a prefix fits
-        flat = first.new_zeros(end[len(take) - 1])  # gaps where a counter layout aligns members: read by nothing
-        views = {j: flat[lay.offset[j] - lo:end[n]].view(method.params[j].shape) for n, j in enumerate(take)}
-        for j, view in views.items():
-            view.copy_(_plain(method.params[j]))
-        if kind is None:
-            flat.add_(method.group_draw(g, self.seed), alpha=self.alpha)
-        else:
-            base = method.piece_base(lay.members[g][0], first, self.seed)
-            counter.add_(flat, kind, lo, base, self.alpha)
-        return views
-
-    def __call__(self, i: int, raw: torch.Tensor) -> torch.Tensor:
-        lay = self.method.layout()
-        kind = self.method.counter_kind()
-        if lay.group_of[i] is not None:  # θ + εz of its group's members at once, kept while the others are read
-            key = next((k for k, views in self.kept.items() if i in views), None)
-            views = self.kept.pop(key) if key is not None else self.members(i)  # a hit moves to the end
-            self.kept[next(iter(views))] = views
-            if len(self.kept) > self.KEEP:
-                del self.kept[next(iter(self.kept))]
-            return views[i]
-        out = torch.empty(raw.shape, dtype=raw.dtype, device=raw.device)
-        src = raw.contiguous().view(-1)
-        if kind is not None:  # θ read once, θ + εz written once, in one compiled loop
-            counter.shift_(out.view(-1), src, kind, 0, self.method.piece_base(i, raw, self.seed), self.alpha)
-            return out
-        dst, width = out.view(-1), rows_of(raw.shape)[1]
-        for r0, r1, z in self.method.pieces(i, raw, self.seed):
-            torch.add(src[r0 * width:r1 * width], z.reshape(-1), alpha=self.alpha, out=dst[r0 * width:r1 * width])
-        return out
-
-    def blocks(self, i: int, raw: torch.Tensor,
-               rows: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]] | None:
-        """(r0, r1, rows r0..r1 of θ_i + scale·z_i) for a matrix θ_i, only blocks holding `rows` if given;
-        the block is reused, use it at once. None for a grouped parameter: it comes whole."""
-        if self.method.layout().group_of[i] is not None:
-            return None
-        return ((r0, r1, torch.add(raw[r0:r1], z, alpha=self.alpha, out=z))
-                for r0, r1, z in self.method.pieces(i, raw, self.seed, rows))
-
-
-def _plain(t: torch.Tensor) -> torch.Tensor:
-    """θ's own numbers, also while θ is swapped for its view."""
-    with DisableTorchFunctionSubclass():
-        return t.as_subclass(torch.Tensor) if type(t) is not torch.Tensor else t

@@ -36,6 +36,7 @@ class ZOAdam(ZOMethod):
 
     Params = ZOAdamParams
     hp: ZOAdamParams
+    sgd_update = False
 
     def __init__(self, params: list[torch.nn.Parameter], hp: ZOAdamParams, seed: int) -> None:
         super().__init__(params, hp, seed)

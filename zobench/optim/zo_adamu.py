@@ -81,6 +81,8 @@ class ZOAdaMU(ZOMethod):
 
     Params = ZOAdaMUParams
     hp: ZOAdaMUParams
+    own_draw = True
+    sgd_update = False
 
     def __init__(self, params: list[torch.nn.Parameter], hp: ZOAdaMUParams, seed: int) -> None:
         super().__init__(params, hp, seed)
@@ -112,7 +114,7 @@ class ZOAdaMU(ZOMethod):
             step = m_new = None
             for seed, g in zip(seeds, grads, strict=True):
                 z_dot, z_ddot = self.parts(i, p, self.generator(p, seed, i))
-                m = z_ddot.mul(1 - b1).add_(z_dot, alpha=b1).mul_(self.sphere_scale(seed))
+                m = z_ddot.mul(1 - b1).add_(z_dot, alpha=b1).mul_(self.directions.sphere_scale(seed))
                 v = z_dot.square_().mul_(b2).addcmul_(z_ddot, z_ddot, value=1 - b2).add_(hp.sigma).sqrt_()
                 del z_ddot
                 if hp.signed_history and g:

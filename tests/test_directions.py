@@ -1,0 +1,87 @@
+"""Directions and engines: one interface per generator, chosen from the spec, capabilities declared."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zobench import registry
+from zobench.errors import FieldError, UserError
+from zobench.optim import directions, engines
+from zobench.optim.zo import ZOMethod
+
+registry.load_builtins()
+
+
+def build(name: str, params: list[torch.nn.Parameter], **hp: object) -> ZOMethod:
+    cls = registry.methods.get(name)
+    return cls(params, cls.Params.model_validate(hp), 0)
+
+
+def tensors() -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(*shape, generator=gen)) for shape in ((40, 70), (30,), (5, 3), (300,))]
+
+
+@pytest.mark.parametrize(("name", "hp", "kind"), [
+    ("zo-sgd", {}, directions.TorchPieces), ("zo-sgd", {"rng": "counter"}, directions.CounterHash),
+    ("zo-sgd", {"engine": "inplace"}, directions.TorchPieces), ("lozo", {"rng": "counter"}, directions.OwnDraw),
+    ("sparse-mezo", {}, directions.OwnDraw), ("hizoo", {}, directions.OwnDraw)])
+def test_the_generator_is_the_one_the_spec_names(name, hp, kind):
+    method = build(name, tensors(), **hp)
+    assert type(method.directions) is kind
+    assert isinstance(method.engine, engines.InplaceEngine if hp.get("engine") == "inplace" else engines.VirtualEngine)
+
+
+def test_triton_is_asked_for_and_refused_where_it_cannot_run():
+    """Nothing picks the kernel by what is installed; asking for it on CPU tensors is an error naming the field."""
+    with pytest.raises(UserError, match="rng"):
+        build("zo-sgd", tensors(), rng="triton", engine="inplace")
+    with pytest.raises(FieldError) as err:
+        registry.methods.get("lozo").check({"rng": "triton"})
+    assert err.value.field == "rng"
+    with pytest.raises(FieldError) as err:
+        registry.methods.get("hizoo").check({"engine": "inplace"})
+    assert err.value.field == "engine"
+
+
+@pytest.mark.parametrize(("name", "hp"), [("zo-sgd", {}), ("zo-sgd", {"rng": "counter"}),
+                                          ("zo-sgd", {"rng": "counter", "direction": "rademacher"}),
+                                          ("zo-sgd", {"direction": "sphere"}), ("lozo", {"rank": 2})])
+def test_add_shift_and_dense_are_one_direction(name, hp):
+    """Every generator's three operations agree: θ + α·dense(z) = add(α) = shift(α) (to rounding)."""
+    params = tensors()
+    method = build(name, params, **hp)
+    method.t = 1  # LOZO's period seed reads the step
+    dirs, seed, alpha = method.directions, 7, 0.25
+    before = [p.detach().clone() for p in params]
+    want = [b + alpha * dirs.dense(i, p, seed) for i, (b, p) in enumerate(zip(before, params, strict=True))]
+    shift = dirs.shift(seed, alpha)
+    with torch.no_grad():  # as the engines run them
+        seen = [shift(i, b) for i, b in enumerate(before)]
+        dirs.add(seed, alpha)
+    for w, s, p in zip(want, seen, params, strict=True):
+        tol = 4 * torch.finfo(w.dtype).eps * float(w.abs().max())
+        torch.testing.assert_close(s, w, rtol=0, atol=tol)
+        torch.testing.assert_close(p.detach(), w, rtol=0, atol=tol)
+    assert any(not torch.equal(w, b) for w, b in zip(want, before, strict=True))
+
+
+@pytest.mark.parametrize(("override", "flag"), [("apply", "sgd_update"), ("update", "sgd_update"),
+                                                 ("estimate", "sgd_update"), ("draw", "own_draw"),
+                                                 ("noise", "own_draw"), ("query", "own_queries"),
+                                                 ("probe", "own_queries")])
+def test_an_undeclared_override_is_refused_where_the_class_is_defined(override, flag):
+    """Overriding apply without `sgd_update = False` would let the engine's folded SGD skip it: refused."""
+    with pytest.raises(TypeError, match=flag):
+        type("Undeclared", (ZOMethod,), {override: lambda self, *a: None})
+    value = flag != "sgd_update"
+    type("Declared", (ZOMethod,), {override: lambda self, *a: None, flag: value})
+
+
+def test_registered_methods_declare_what_they_override():
+    """Built-in methods that bring their own update never take the folded SGD path."""
+    for name in ("zo-sgd-sign", "zo-sgd-mmt", "zo-adam", "zo-adamm", "zo-adamu", "hizoo", "cge"):
+        method = build(name, tensors())
+        assert not method.folds_update(), name
+    assert build("zo-sgd", tensors()).folds_update()
