@@ -20,9 +20,13 @@ out = Console()
 err = Console(stderr=True)
 
 
+RUNS_NOT_DONE = 1  # `zobench run`: some runs failed, diverged or ran out of memory
+BAD_INPUT = 2
+
+
 def fail(e: Exception) -> None:
     err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(BAD_INPUT)
 
 
 def plan(suite_file: Path, data_dir: str | None = None) -> tuple[object, list[RunSpec]]:
@@ -68,7 +72,10 @@ def run_cmd(
                                                       "executor.name; options from its executor.<NAME> section)")
                         ] = None,
 ) -> None:
-    """Run every cell of a suite's grid (skipping runs already done), then build its report."""
+    """Run every cell of a suite's grid (skipping runs already done), then build its report.
+
+    Exit codes: 0 every run done; 1 some runs failed, diverged or ran out of memory; 2 bad input.
+    """
     from zobench.executors import pending
     from zobench.registry import executors
     from zobench.report import build_report
@@ -106,6 +113,8 @@ def run_cmd(
     if report:
         page = build_report(store.dir, reports, description=suite.description, regenerates=suite.regenerates)
         out.print(f"report:  {page}")
+    if not bad.empty:  # scripts and CI see it; the report is still built
+        raise typer.Exit(RUNS_NOT_DONE)
 
 
 @app.command(name="check")
