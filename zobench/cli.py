@@ -22,6 +22,7 @@ err = Console(stderr=True)
 
 RUNS_NOT_DONE = 1  # `zobench run`: some runs failed, diverged or ran out of memory
 BAD_INPUT = 2
+SUITE_HELP = "a suite file, or the name of a bundled suite (`zobench suites` lists them); a local file wins"
 
 
 def fail(e: Exception) -> None:
@@ -31,8 +32,10 @@ def fail(e: Exception) -> None:
 
 def plan(suite_file: Path, data_dir: str | None = None) -> tuple[object, list[RunSpec]]:
     """Load, validate and expand a suite; every user error surfaces here, before anything is written."""
+    from zobench.bundled import find_suite
     from zobench.runner import resolve_device
 
+    suite_file = find_suite(suite_file)  # a local path wins; else a bundled suite by name
     suite, lines = load_suite(suite_file)
     if suite.regenerates:
         from zobench.config import where
@@ -51,7 +54,7 @@ def plan(suite_file: Path, data_dir: str | None = None) -> tuple[object, list[Ru
 
 
 @app.command()
-def validate(suite_file: Path) -> None:
+def validate(suite_file: Annotated[Path, typer.Argument(help=SUITE_HELP)]) -> None:
     """Check a suite file without running anything."""
     try:
         suite, specs = plan(suite_file)
@@ -62,7 +65,7 @@ def validate(suite_file: Path) -> None:
 
 @app.command(name="run")
 def run_cmd(
-    suite_file: Path,
+    suite_file: Annotated[Path, typer.Argument(help=SUITE_HELP)],
     results: Annotated[Path, typer.Option(help="results root; runs land in RESULTS/<suite>/")] = Path("results"),
     reports: Annotated[Path, typer.Option(help="reports root; the page lands in REPORTS/<suite>/")] = Path("reports"),
     data_dir: Annotated[str | None, typer.Option(help="local data folder for every task (overrides the suite)")] = None,
@@ -190,6 +193,22 @@ def bench_cmd(
         results.append(result)
     if json_out is not None:
         json_out.write_text(json.dumps(results, indent=2))
+
+
+@app.command(name="suites")
+def suites_cmd() -> None:
+    """The suites that ship with zobench: run one by name from any folder (`zobench run quickstart`)."""
+    from zobench.bundled import bundled_suites, describe, suites_dir
+
+    suites = bundled_suites()
+    if not suites:
+        fail(UserError("no suites are bundled with this installation; reinstall zobench from its wheel"))
+    out.print(f"bundled suites in {suites_dir()}/ (a local file of the same path wins):", highlight=False,
+              soft_wrap=True)
+    for name, path in suites.items():
+        text = describe(path)
+        out.print(f"{name:26s} {text[:90] + ('…' if len(text) > 90 else '')}", highlight=False, soft_wrap=True,
+                  markup=False)
 
 
 @app.command(name="list")
