@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zobench import runner
+from zobench.executors.lines import LineProgress, wants_lines
 from zobench.grid import RunSpec
 from zobench.registry import executors
 from zobench.store import Store
@@ -63,7 +64,9 @@ class LocalExecutor(Executor):
         summaries = []
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeElapsedColumn())
-        with torch_threads(self.options.threads), Progress(*columns, console=self.console, transient=False) as bar:
+        display = (LineProgress(self.console) if wants_lines(self.console)  # nohup, Slurm: lines as they come
+                   else Progress(*columns, console=self.console, transient=False))
+        with torch_threads(self.options.threads), display as bar:
             grid = bar.add_task("grid", total=len(specs), info="")
             held_elsewhere: list[RunSpec] = []
             for wait, batch in ((False, specs), (True, held_elsewhere)):  # runs another process holds: last
