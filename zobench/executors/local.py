@@ -12,6 +12,7 @@ from zobench import runner
 from zobench.executors.lines import LineProgress, wants_lines
 from zobench.grid import RunSpec
 from zobench.registry import executors
+from zobench.runlog import third_party_output_to
 from zobench.store import Store
 from zobench.worker import torch_threads
 
@@ -33,7 +34,8 @@ def run_claimed(spec: RunSpec, store: Store, progress: Any = None, wait: bool = 
         if store.is_done(spec.run_id, spec.spec_hash):
             return store.summary(spec.run_id)
         store.begin(spec.run_id)
-        return runner.run(spec, store, progress)
+        with third_party_output_to(store.run_dir(spec.run_id) / "run.log"):  # transformers' warnings: not the console
+            return runner.run(spec, store, progress)
 
 
 class ExecutorOptions(BaseModel):
