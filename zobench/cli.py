@@ -21,9 +21,14 @@ out = Console()
 err = Console(stderr=True)
 
 
+RUNS_NOT_DONE = 1  # `zobench run`: some runs failed, diverged or ran out of memory
+BAD_INPUT = 2
+SUITE_HELP = "a suite file, or the name of a bundled suite (`zobench suites` lists them); a local file wins"
+
+
 def fail(e: Exception) -> None:
     err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(BAD_INPUT)
 
 
 def writable_folder(path: Path, option: str) -> None:
@@ -42,6 +47,9 @@ def os_error(e: OSError, fix: str) -> UserError:
 
 def plan(suite_file: Path, data_dir: str | None = None, executor: str | None = None) -> tuple[object, list[RunSpec]]:
     """Load, validate and expand a suite; every user error surfaces here, before anything is written."""
+    from zobench.bundled import find_suite
+
+    suite_file = find_suite(suite_file)  # a local path wins; else a bundled suite by name
     suite, lines = load_suite(suite_file)
     if suite.regenerates:
         from zobench.config import where
@@ -59,7 +67,7 @@ def plan(suite_file: Path, data_dir: str | None = None, executor: str | None = N
 
 
 @app.command()
-def validate(suite_file: Path) -> None:
+def validate(suite_file: Annotated[Path, typer.Argument(help=SUITE_HELP)]) -> None:
     """Check a suite file without running anything."""
     try:
         suite, specs = plan(suite_file)
@@ -70,7 +78,7 @@ def validate(suite_file: Path) -> None:
 
 @app.command(name="run")
 def run_cmd(
-    suite_file: Path,
+    suite_file: Annotated[Path, typer.Argument(help=SUITE_HELP)],
     results: Annotated[Path, typer.Option(help="results root; runs land in RESULTS/<suite>/")] = Path("results"),
     reports: Annotated[Path, typer.Option(help="reports root; the page lands in REPORTS/<suite>/")] = Path("reports"),
     data_dir: Annotated[str | None, typer.Option(help="local data folder for every task (overrides the suite)")] = None,
@@ -80,7 +88,10 @@ def run_cmd(
                                                       "executor.name; options from its executor.<NAME> section)")
                         ] = None,
 ) -> None:
-    """Run every cell of a suite's grid (skipping runs already done), then build its report."""
+    """Run every cell of a suite's grid (skipping runs already done), then build its report.
+
+    Exit codes: 0 every run done; 1 some runs failed, diverged or ran out of memory; 2 bad input.
+    """
     from zobench.registry import executors
 
     try:
@@ -129,6 +140,8 @@ def _run_and_report(suite: Any, specs: list[RunSpec], results: Path, reports: Pa
     if report:
         page = build_report(store.dir, reports, description=suite.description, regenerates=suite.regenerates)
         out.print(f"report:  {page}")
+    if not bad.empty:  # scripts and CI see it; the report is still built
+        raise typer.Exit(RUNS_NOT_DONE)
 
 
 @app.command(name="check")
@@ -218,6 +231,22 @@ def bench_cmd(
         results.append(result)
     if json_out is not None:
         json_out.write_text(json.dumps(results, indent=2))
+
+
+@app.command(name="suites")
+def suites_cmd() -> None:
+    """The suites that ship with zobench: run one by name from any folder (`zobench run quickstart`)."""
+    from zobench.bundled import bundled_suites, describe, suites_dir
+
+    suites = bundled_suites()
+    if not suites:
+        fail(UserError("no suites are bundled with this installation; reinstall zobench from its wheel"))
+    out.print(f"bundled suites in {suites_dir()}/ (a local file of the same path wins):", highlight=False,
+              soft_wrap=True)
+    for name, path in suites.items():
+        text = describe(path)
+        out.print(f"{name:26s} {text[:90] + ('…' if len(text) > 90 else '')}", highlight=False, soft_wrap=True,
+                  markup=False)
 
 
 @app.command(name="list")

@@ -9,8 +9,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zobench import runner
+from zobench.executors.lines import LineProgress, wants_lines
 from zobench.grid import RunSpec
 from zobench.registry import executors
+from zobench.runlog import third_party_output_to
 from zobench.store import Store
 from zobench.worker import torch_threads
 
@@ -32,7 +34,8 @@ def run_claimed(spec: RunSpec, store: Store, progress: Any = None, wait: bool = 
         if store.is_done(spec.run_id, spec.spec_hash):
             return store.summary(spec.run_id)
         store.begin(spec.run_id)
-        return runner.run(spec, store, progress)
+        with third_party_output_to(store.run_dir(spec.run_id) / "run.log"):  # transformers' warnings: not the console
+            return runner.run(spec, store, progress)
 
 
 class ExecutorOptions(BaseModel):
@@ -63,7 +66,9 @@ class LocalExecutor(Executor):
         summaries = []
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeElapsedColumn())
-        with torch_threads(self.options.threads), Progress(*columns, console=self.console, transient=False) as bar:
+        display = (LineProgress(self.console) if wants_lines(self.console)  # nohup, Slurm: lines as they come
+                   else Progress(*columns, console=self.console, transient=False))
+        with torch_threads(self.options.threads), display as bar:
             grid = bar.add_task("grid", total=len(specs), info="")
             held_elsewhere: list[RunSpec] = []
             for wait, batch in ((False, specs), (True, held_elsewhere)):  # runs another process holds: last

@@ -25,12 +25,13 @@ Run = pd.Series  # one row of runs_frame
 
 
 def baselines_dir() -> Path:
-    """$ZOBENCH_BASELINES, else baselines/ beside the package (a checkout), else ./baselines."""
+    """$ZOBENCH_BASELINES, else the tables shipped with zobench (zobench/bundled.py), else ./baselines."""
+    from zobench.bundled import baselines_dir as shipped
+
     env = os.environ.get("ZOBENCH_BASELINES")
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parents[2] / "baselines"
-    return here if here.is_dir() else Path("baselines")
+    return shipped() or Path("baselines")
 
 
 @lru_cache(maxsize=32)
