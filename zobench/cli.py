@@ -138,6 +138,9 @@ def report_cmd(
     reports: Annotated[Path, typer.Option(help="reports root")] = Path("reports"),
     layout: Annotated[list[str] | None, typer.Option(help="also lay the runs out as this paper table "
                                                           "(repeatable), e.g. mezo-table1")] = None,
+    select: Annotated[str, typer.Option(help="choose each cell's swept configuration by the mean over seeds of "
+                                             "each run's best dev evaluation (best-dev) or its last (last)")
+                      ] = "best-dev",
 ) -> None:
     """Rebuild the HTML report (tables, figures) from a results folder."""
     from zobench.report import build_report
@@ -148,7 +151,9 @@ def report_cmd(
     unknown = [name for name in layout or [] if name not in LAYOUTS]
     if unknown:
         fail(UserError(f"--layout {unknown[0]}: unknown paper table; known: {', '.join(LAYOUTS)}"))
-    out.print(f"report: {build_report(results_dir, reports, layouts=tuple(layout or ()))}")
+    if select not in ("best-dev", "last"):
+        fail(UserError(f"--select {select}: unknown selection; use best-dev or last"))
+    out.print(f"report: {build_report(results_dir, reports, layouts=tuple(layout or ()), select_by=select)}")
 
 
 @app.command(name="bench")
