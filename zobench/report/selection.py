@@ -175,4 +175,5 @@ def tuning_table(selection: Selection) -> pd.DataFrame:
         out = out.drop(columns="GPU-hours")
     if not (out["CPU-hours"] > 0).any():
         out = out.drop(columns="CPU-hours")
-    return out.round(4)
+    index = [c for c in ("model", "task", "method", "scheme") if c in out]
+    return out.set_index(index).round(4)
