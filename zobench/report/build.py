@@ -127,6 +127,10 @@ def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, summaries: list[dict[
         curves = curves[curves["run_id"].isin(set(frame["run_id"]))]
     keys = layout_keys(",".join([meta.get("regenerates") or "", *extra_layouts]))
     named, touched = _paper_sections(frame, keys, tables_dir)
+    if not selection.table.empty and (selection.table["configurations"] > 1).any():
+        for entry in named + touched:
+            entry["note"] += (" Swept cells show the configuration chosen on dev (mean over seeds; see 'Chosen "
+                              "configuration per cell' for the values and the tuning cost).")
 
     ours = _selection_sections(selection, tables_dir)
     for name, title, table, empty, note in [
