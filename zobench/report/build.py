@@ -96,7 +96,9 @@ def _selection_sections(selection: Selection, folder: Path) -> list[dict[str, An
     """The per-cell choice (values, configurations tried, tuning cost) and every configuration's dev and test."""
     by = {"best-dev": "each run's best dev evaluation", "last": "each run's last dev evaluation"}[selection.mode]
     table = tuning_table(selection)
-    configs = selection.configs.drop(columns=["config"]) if not selection.configs.empty else selection.configs
+    configs = selection.configs
+    if not configs.empty:
+        configs = configs.drop(columns=["config"]).set_index(["model", "task", "method", "scheme", "values"]).round(4)
     out = []
     for name, title, data, note in [
         ("selection", "Chosen configuration per cell and its tuning cost", table,

@@ -100,7 +100,7 @@ def select(frame: pd.DataFrame, mode: str = "best-dev", curves: pd.DataFrame | N
             problems = [f"{n} {status}" for status, n in runs.loc[runs["status"] != "done", "status"]
                         .value_counts().items()]
             if len(done) and len(devs) < len(done):
-                problems.append(f"{len(done) - len(devs)} without a dev evaluation")
+                problems.append(f"{len(done) - len(devs)} without a dev evaluation")  # e.g. zero-shot, ICL
             score = float(devs.mean()) if len(devs) == len(runs) and len(runs) else math.nan
             test = describe(done["test_metric"] * scale)
             configs.append({**dict(zip(AXES, cell, strict=True)), "config": key, "values": point_text(point),
@@ -129,6 +129,8 @@ def select(frame: pd.DataFrame, mode: str = "best-dev", curves: pd.DataFrame | N
             note.append("not eligible: " + "; ".join(f"{c['values']} ({c['problems']})" for c in skipped))
         for c in configs:
             c["chosen"] = c is chosen
+            if c is chosen and not eligible:  # the one configuration of a cell, shown without a choice on dev
+                c["problems"] = "; ".join(filter(None, [c["problems"], "the only configuration: nothing chosen"]))
         config_rows.extend(configs)
         if chosen is not None:
             keep.extend(group.index[group["config"] == chosen["config"]])
