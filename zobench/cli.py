@@ -98,7 +98,9 @@ def run_cmd(
         out.print(f"no finished runs yet in {store.dir}/; when they end: zobench report {store.dir}")
         return
     frame = frame[frame["run_id"].isin({s.run_id for s in specs})]
-    out.print(method_task_table(frame).to_string())
+    from zobench.report.selection import select
+
+    out.print(method_task_table(select(frame).chosen).to_string())  # swept cells: the configuration chosen on dev
     bad = frame[frame["status"] != "done"]
     if not bad.empty:
         out.print(f"{len(bad)} runs did not finish: " + ", ".join(f"{r.run_id} ({r.status})" for r in bad.itertuples()))
