@@ -132,7 +132,9 @@ def _run_and_report(suite: Any, specs: list[RunSpec], results: Path, reports: Pa
         out.print(f"no finished runs yet in {store.dir}/; when they end: zobench report {store.dir}")
         return
     frame = frame[frame["run_id"].isin({s.run_id for s in specs})]
-    out.print(method_task_table(frame).to_string())
+    from zobench.report.selection import select
+
+    out.print(method_task_table(select(frame).chosen).to_string())  # swept cells: the configuration chosen on dev
     bad = frame[frame["status"] != "done"]
     if not bad.empty:
         out.print(f"{len(bad)} runs did not finish: " + ", ".join(f"{r.run_id} ({r.status})" for r in bad.itertuples()))
@@ -181,6 +183,9 @@ def report_cmd(
     reports: Annotated[Path, typer.Option(help="reports root")] = Path("reports"),
     layout: Annotated[list[str] | None, typer.Option(help="also lay the runs out as this paper table "
                                                           "(repeatable), e.g. mezo-table1")] = None,
+    select: Annotated[str, typer.Option(help="choose each cell's swept configuration by the mean over seeds of "
+                                             "each run's best dev evaluation (best-dev) or its last (last)")
+                      ] = "best-dev",
 ) -> None:
     """Rebuild the HTML report (tables, figures) from a results folder."""
     from zobench.report import build_report
@@ -192,9 +197,11 @@ def report_cmd(
     unknown = [name for name in layout or [] if name not in LAYOUTS]
     if unknown:
         fail(UserError(f"--layout {unknown[0]}: unknown paper table; known: {', '.join(LAYOUTS)}"))
+    if select not in ("best-dev", "last"):
+        fail(UserError(f"--select {select}: unknown selection; use best-dev or last"))
     try:
         writable_folder(reports, "--reports")
-        out.print(f"report: {build_report(results_dir, reports, layouts=tuple(layout or ()))}")
+        out.print(f"report: {build_report(results_dir, reports, layouts=tuple(layout or ()), select_by=select)}")
     except UserError as e:
         fail(e)
     except OSError as e:

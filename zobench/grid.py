@@ -1,4 +1,10 @@
-"""Expand a suite into run specs: the matrix, exclude/include rules, per-component settings, run ids."""
+"""Expand a suite into run specs: the matrix, sweeps, exclude/include rules, per-component settings, run ids.
+
+A parameter (or a component's run setting) given as `{sweep: [v1, v2, ...]}` is swept: the component becomes one
+configuration per point of the product of its sweeps, all under its label, so the swept runs of one cell
+(model × task × method label × scheme) form a tuning group that the report selects from on dev. The mapping form
+keeps a parameter whose value is itself a list (`target_modules: [q_proj, v_proj]`) unambiguous.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from zobench.errors import FieldError, UserError
 AXES = {"model": "models", "task": "tasks", "method": "methods", "scheme": "schemes"}
 UNHASHED = {"data_dir"}  # where data lives is not what the run is
 REMOTE = {"slurm", "ray"}  # executors whose runs execute on other machines
+SWEEP = "sweep"
 
 
 class Resolved(BaseModel):
@@ -36,9 +43,12 @@ class RunSpec(BaseModel):
     scheme: Resolved
     seed: int
     settings: RunSettings
+    # the swept values this run takes, "axis.param" (or "axis.settings.key") → value; {} without sweeps.
+    # Not hashed: the values are already in the parameters, so unswept suites keep their ids.
+    sweep: dict[str, Any] = {}
 
     def hashed(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json", exclude={"suite"})
+        data = self.model_dump(mode="json", exclude={"suite", "sweep"})
         if data["settings"].get("lm_eval") is None:  # unset: runs keep the ids they had before the field existed
             data["settings"].pop("lm_eval", None)
         else:
@@ -57,10 +67,83 @@ class RunSpec(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     @property
+    def cell(self) -> tuple[str, str, str, str]:
+        """The tuning group: runs that differ only in swept values and seed."""
+        return self.model.label, self.task.label, self.method.label, self.scheme.label
+
+    @property
     def run_id(self) -> str:
-        parts = [self.task.label, self.model.label, self.method.label, self.scheme.label, f"s{self.seed}"]
+        parts = [self.task.label, self.model.label, self.method.label, self.scheme.label,
+                 *sweep_names(self.sweep), f"s{self.seed}"]
         slug = re.sub(r"[^A-Za-z0-9.=-]+", "-", "_".join(parts).replace("/", "-"))[:100]
         return f"{slug}_{self.spec_hash}"
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "+".join(_value_text(v) for v in value)
+    return str(value)
+
+
+def sweep_names(point: dict[str, Any]) -> list[str]:
+    """'lr=1e-06' per swept value; the key keeps its axis only where two axes sweep a parameter of one name."""
+    short = [key.split(".")[-1] for key in point]
+    return [f"{s if short.count(s) == 1 else key}={_value_text(v)}" for s, (key, v) in zip(short, point.items(),
+                                                                                            strict=True)]
+
+
+def _sweep_values(value: Any, path: Path, lines: dict[Loc, int], loc: Loc) -> list[Any] | None:
+    """The values of a `{sweep: [...]}` mapping (None for any other value); a malformed sweep is refused."""
+    if not (isinstance(value, dict) and SWEEP in value):
+        return None
+    if set(value) != {SWEEP}:
+        raise UserError(f"{where(path, lines, loc)}: a sweep is a mapping with the one key 'sweep' "
+                        f"(`{{sweep: [v1, v2]}}`), got also {sorted(k for k in value if k != SWEEP)}; "
+                        f"remove the other keys")
+    values = value[SWEEP]
+    if not isinstance(values, list) or not values:
+        raise UserError(f"{where(path, lines, (*loc, SWEEP))}: 'sweep' needs a non-empty list of values, got "
+                        f"{values!r}; write `{{sweep: [v1, v2]}}` (a list-valued point is itself a list: "
+                        f"`{{sweep: [[a, b], [a]]}}`)")
+    seen: dict[str, int] = {}
+    for i, v in enumerate(values):
+        key = json.dumps(v, sort_keys=True, default=str)
+        if key in seen:
+            raise UserError(f"{where(path, lines, (*loc, SWEEP, i))}: value {v!r} is swept twice (also item "
+                            f"{seen[key]}); each point must be a distinct configuration")
+        seen[key] = i
+    return values
+
+
+def sweep_points(axis: str, comp: Component, path: Path, lines: dict[Loc, int],
+                 loc: Loc) -> list[tuple[Component, dict[str, Any]]]:
+    """One component per point of the product of its sweeps (in the order written), each with its point."""
+    swept: list[tuple[str, str, list[Any]]] = []  # (where: params | settings, key, values)
+    for key, value in comp.params.items():
+        values = _sweep_values(value, path, lines, (*loc, key))
+        if values is not None:
+            swept.append(("params", key, values))
+    for key, value in comp.settings.items():
+        values = _sweep_values(value, path, lines, (*loc, "settings", key))
+        if values is not None:
+            swept.append(("settings", key, values))
+    if not swept:
+        return [(comp, {})]
+    out = []
+    for combo in itertools.product(*(values for _, _, values in swept)):
+        data = comp.model_dump()
+        point: dict[str, Any] = {}
+        for (kind, key, _), value in zip(swept, combo, strict=True):
+            if kind == "params":
+                data[key] = value
+                point[f"{axis}.{key}"] = value
+            else:
+                data["settings"] = {**data["settings"], key: value}
+                point[f"{axis}.settings.{key}"] = value
+        out.append((Component.model_validate(data), point))
+    return out
 
 
 def resolve(axis: str, comp: Component, path: Path, lines: dict[Loc, int], loc: Loc,
@@ -172,6 +255,18 @@ def task_component(comp: Component, path: Path, lines: dict[Loc, int], loc: Loc,
     return comp
 
 
+Entry = tuple[Resolved, Component, Loc, dict[str, Any]]  # a resolved component, as written, where, its sweep point
+
+
+def _entries(axis: str, comp: Component, path: Path, lines: dict[Loc, int], loc: Loc, data_dir: str | None,
+             task_defaults: dict[str, Any], origins: dict[str, str]) -> list[Entry]:
+    """A grid or include component resolved once per sweep point."""
+    if axis == "task":
+        comp = task_component(comp, path, lines, loc, data_dir)
+    return [(resolve(axis, c, path, lines, loc, task_defaults if axis == "task" else None, origins), c, loc, point)
+            for c, point in sweep_points(axis, comp, path, lines, loc)]
+
+
 def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
            data_dir: str | None = None, executor: str | None = None) -> list[RunSpec]:
     """The suite's runs, in a stable order, validated against the registries. `executor` (default: the
@@ -185,32 +280,34 @@ def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
         origins["data_dir"] = where(path, lines, ("data_dir",)) + " (relative to the suite file)"
     task_defaults = {"data_dir": data_dir} if data_dir else {}
 
-    resolved: dict[str, list[tuple[Resolved, Component, Loc]]] = {}
+    resolved: dict[str, list[Entry]] = {}
     for axis, field in AXES.items():
         seen: dict[str, int] = {}
-        rows = []
+        rows: list[Entry] = []
         for i, comp in enumerate(getattr(suite.grid, field)):
             loc: Loc = ("grid", field, i)
-            if axis == "task":
-                comp = task_component(comp, path, lines, loc, data_dir)
-            r = resolve(axis, comp, path, lines, loc, task_defaults if axis == "task" else None, origins)
-            if r.label in seen:
-                raise UserError(f"{where(path, lines, loc)}: two {field} are labelled '{r.label}' "
-                                f"(also entry {seen[r.label]}); give each a distinct 'label'")
-            seen[r.label] = i
-            rows.append((r, comp, loc))
+            entries = _entries(axis, comp, path, lines, loc, data_dir, task_defaults, origins)
+            label = entries[0][0].label
+            if label in seen:
+                raise UserError(f"{where(path, lines, loc)}: two {field} are labelled '{label}' "
+                                f"(also entry {seen[label]}); give each a distinct 'label'")
+            seen[label] = i
+            rows.extend(entries)
         resolved[axis] = rows
 
     cells: list[tuple] = list(itertools.product(*resolved.values(), suite.grid.seeds))
     for j, extra in enumerate(suite.include):
-        cells.extend(_include_cells(extra, resolved, suite, path, lines, ("include", j)))
+        cells.extend(_include_cells(extra, resolved, suite, path, lines, ("include", j), data_dir, task_defaults,
+                                    origins))
+    _check_rules(suite, cells, path, lines)
 
-    specs: dict[str, RunSpec] = {}
+    specs: dict[str, tuple[RunSpec, list[Loc]]] = {}
+    configs: dict[tuple, tuple[dict[str, Any], RunSpec, list[Loc]]] = {}
     for (model, task, method, scheme, seed) in cells:
         task_entry = registry.tasks.get(task[0].name)
         needs_model = getattr(task_entry, "needs_model", True)
         if not needs_model:
-            model = (Resolved(name="none", label="none", params={}), Component(name="none"), ())
+            model = (Resolved(name="none", label="none", params={}), Component(name="none"), (), {})
         elif model[0].name == "none":
             raise UserError(f"{where(path, lines, task[2])}: task '{task[0].name}' needs a model; "
                             f"add one under grid.models")
@@ -223,39 +320,130 @@ def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
             raise UserError(f"{where(path, lines, method[2])}: method '{method[0].label}' {reason}; it meets task "
                             f"'{task[0].label}' in the grid: add `exclude: [{{method: {method[0].label}, task: "
                             f"{task[0].label}}}]` or give it its own suite")
-        comps = [c for _, c, _ in (model, task, method, scheme)]
-        locs = [lo for _, _, lo in (model, task, method, scheme)]
-        spec = RunSpec(suite=suite.name, settings=_settings(suite, comps, path, lines, locs, data_dir,
-                                                               executor), **cell)
+        parts = (model, task, method, scheme)
+        comps = [c for _, c, _, _ in parts]
+        locs = [lo for _, _, lo, _ in parts]
+        point = {k: v for _, _, _, pt in parts for k, v in pt.items()}
+        spec = RunSpec(suite=suite.name, settings=_settings(suite, comps, path, lines, locs, data_dir, executor),
+                       sweep=point, **cell)
         uncompilable = getattr(registry.methods.get(method[0].name), "uncompilable", None)
         reason = spec.settings.compile and uncompilable and uncompilable(method[0].params)
         if reason:
             raise UserError(f"{where(path, lines, method[2])}: method '{method[0].label}' {reason}, and its runs "
                             "have compile: true; give it engine: inplace, or settings: {compile: false}")
-        specs.setdefault(spec.run_id, spec)
+        _refuse_merges(spec, locs, specs, configs, path, lines)
     if not specs:
         raise UserError(f"{where(path, lines, ('exclude',))}: the grid is empty after these rules; loosen them")
-    return list(specs.values())
+    return [spec for spec, _ in specs.values()]
 
 
-def _include_cells(extra: dict[str, Any], resolved: dict, suite: Suite, path: Path,
-                   lines: dict[Loc, int], loc: Loc) -> list[tuple]:
-    """An include entry names some axes (by label or as an inline component); the rest span the grid."""
+def _refuse_merges(spec: RunSpec, locs: list[Loc], specs: dict[str, tuple[RunSpec, list[Loc]]],
+                   configs: dict[tuple, tuple[dict[str, Any], RunSpec, list[Loc]]], path: Path,
+                   lines: dict[Loc, int]) -> None:
+    """Record `spec`, refusing what would silently drop a run or average two configurations as seeds.
+
+    The same run twice (an include entry repeating a grid cell) is kept once.
+    """
+    axes = list(AXES)
+    known = specs.get(spec.run_id)
+    if known is not None and known[0] != spec:
+        other, other_locs = known
+        i = next((k for k, a in enumerate(axes) if getattr(other, a).label != getattr(spec, a).label), 2)
+        axis = axes[i]
+        raise UserError(f"{where(path, lines, locs[i])}: {axis} label '{getattr(spec, axis).label}' and "
+                        f"'{getattr(other, axis).label}' ({where(path, lines, other_locs[i])}) give one run id "
+                        f"'{spec.run_id}' (run ids keep letters, digits, '.', '=' and '-'), so one run would be "
+                        f"dropped; give labels that differ in those characters")
+    base = _unswept(spec)
+    first = configs.get(spec.cell)
+    if first is not None and first[0] != base:
+        other, other_locs = first[1], first[2]
+        diffs = _differences(_unswept(other), base)
+        i = next((k for k, a in enumerate(axes) if any(d.startswith(a) for d in diffs)), 2)
+        axis = axes[i]
+        raise UserError(f"{where(path, lines, locs[i])}: {axis} label '{getattr(spec, axis).label}' is also used at "
+                        f"{where(path, lines, other_locs[i])} with other unswept parameters "
+                        f"({'; '.join(diffs)}); one table cell would average the two as if they were seeds. Give "
+                        f"it its own label, or make the difference a sweep on both (`lr: {{sweep: [1.0e-6, "
+                        f"1.0e-7]}}`) so the report selects between them on dev")
+    configs.setdefault(spec.cell, (base, spec, locs))
+    specs.setdefault(spec.run_id, (spec, locs))
+
+
+def _unswept(spec: RunSpec) -> dict[str, Any]:
+    """What every configuration of a cell must share: the spec without seed and swept values, and which keys
+    are swept."""
+    data = spec.hashed()
+    data.pop("seed")
+    for key in spec.sweep:
+        axis, *rest = key.split(".")
+        if rest[0] == "settings":
+            data["settings"].pop(rest[1], None)
+        else:
+            data[axis]["params"].pop(rest[0], None)
+    data["swept"] = sorted(spec.sweep)
+    return data
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """'method.params.q: 1 vs 2' for each leaf where b differs from a."""
+    out = []
+    for key in list(a) + [k for k in b if k not in a]:
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}: {y!r} vs {x!r}")
+    return out
+
+
+def _check_rules(suite: Suite, cells: list[tuple], path: Path, lines: dict[Loc, int]) -> None:
+    """Every exclude rule names labels and seeds that are in the grid, and matches at least one run."""
+    known: dict[str, set] = {axis: set() for axis in AXES}
+    known["seed"] = set()
+    for *parts, seed in cells:
+        for axis, entry in zip(AXES, parts, strict=True):
+            known[axis].add(entry[0].label)
+        known["seed"].add(seed)
+    for i, rule in enumerate(suite.exclude):
+        for key, want in rule.model_dump(exclude_none=True).items():
+            for j, value in enumerate(want if isinstance(want, list) else [want]):
+                if value not in known[key]:
+                    loc: Loc = ("exclude", i, key, j) if isinstance(want, list) else ("exclude", i, key)
+                    have = sorted(map(str, known[key]))
+                    raise UserError(f"{where(path, lines, loc)}: no {key} {'labelled ' if key != 'seed' else ''}"
+                                    f"{value!r} in the grid, so this rule would match nothing; the grid has: "
+                                    f"{', '.join(have)}")
+        if not any(_matches(rule, _cell_of(parts)) for parts in cells):
+            raise UserError(f"{where(path, lines, ('exclude', i))}: this rule matches no run of the grid (its "
+                            f"conditions never meet); fix or remove it")
+
+
+def _cell_of(parts: tuple) -> dict[str, Any]:
+    model, task, method, scheme, seed = parts
+    return {"model": model[0], "task": task[0], "method": method[0], "scheme": scheme[0], "seed": seed}
+
+
+def _include_cells(extra: dict[str, Any], resolved: dict[str, list[Entry]], suite: Suite, path: Path,
+                   lines: dict[Loc, int], loc: Loc, data_dir: str | None, task_defaults: dict[str, Any],
+                   origins: dict[str, str]) -> list[tuple]:
+    """An include entry names some axes (by label or as an inline component, which may sweep); the rest span
+    the grid."""
+    unknown = set(extra) - set(AXES) - {"seeds"}
+    if unknown:
+        raise UserError(f"{where(path, lines, loc)}: unknown include key(s) {sorted(unknown)}; "
+                        f"allowed: {', '.join([*AXES, 'seeds'])}")
     axes = []
     for axis in AXES:
         if axis not in extra:
             axes.append(resolved[axis])
             continue
         value = extra[axis]
-        known = {r.label: (r, c, lo) for r, c, lo in resolved[axis]}
-        if isinstance(value, str) and value in known:
-            axes.append([known[value]])
+        known = [e for e in resolved[axis] if e[0].label == value] if isinstance(value, str) else []
+        if known:
+            axes.append(known)
         else:
             comp = Component.model_validate({"name": value} if isinstance(value, str) else value)
-            axes.append([(resolve(axis, comp, path, lines, (*loc, axis)), comp, (*loc, axis))])
-    unknown = set(extra) - set(AXES) - {"seeds"}
-    if unknown:
-        raise UserError(f"{where(path, lines, loc)}: unknown include key(s) {sorted(unknown)}; "
-                        f"allowed: {', '.join([*AXES, 'seeds'])}")
+            axes.append(_entries(axis, comp, path, lines, (*loc, axis), data_dir, task_defaults, origins))
     seeds = extra.get("seeds", suite.grid.seeds)
     return list(itertools.product(*axes, seeds))

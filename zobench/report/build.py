@@ -20,6 +20,7 @@ from zobench.report.frame import SOURCE_NAMES, cost_table, memory_table, method_
 from zobench.report.papers import LAYOUTS, layout_keys, place
 from zobench.report.profiles import profiles_figure
 from zobench.report.render import export, panel_csv, panel_html, panel_text
+from zobench.report.selection import Selection, select, tuning_table
 from zobench.store import atomic_write, load_curves, load_summaries
 
 META = "suite.json"  # beside the runs: name, description, regenerates (written by `zobench run`)
@@ -91,14 +92,49 @@ def _paper_sections(frame: pd.DataFrame, keys: list[str], folder: Path) -> tuple
     return named, touched
 
 
+def _selection_sections(selection: Selection, folder: Path) -> list[dict[str, Any]]:
+    """The per-cell choice (values, configurations tried, tuning cost) and every configuration's dev and test."""
+    by = {"best-dev": "each run's best dev evaluation", "last": "each run's last dev evaluation"}[selection.mode]
+    table = tuning_table(selection)
+    configs = selection.configs
+    if not configs.empty:
+        configs = configs.drop(columns=["config"]).set_index(["model", "task", "method", "scheme", "values"]).round(4)
+    out = []
+    for name, title, data, note in [
+        ("selection", "Chosen configuration per cell and its tuning cost", table,
+         f"Chosen on dev: the configuration whose mean over seeds of {by} is best (`zobench report --select "
+         f"best-dev|last`); test is not read while choosing. Only configurations with every seed finished and "
+         f"evaluated on dev are eligible; ties go to the first in order of the swept values. Cost: every run of "
+         f"the cell (all configurations and seeds): training forward + backward passes and wall-clock hours "
+         f"(loading and evaluation included). Every other table and figure shows the chosen configurations."),
+        ("configurations", "Every configuration tried: dev score, test, eligibility", configs,
+         "dev: the selection score (mean over seeds); test: mean and std over finished seeds; metrics in % "
+         "where accuracy-like."),
+    ]:
+        files = export(data, folder, name, caption=title) if not data.empty else {}
+        out.append({"title": title, "html": _table_html(data, "No runs."), "note": note, "files": files,
+                    "section": "results"})
+    return out
+
+
 def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, summaries: list[dict[str, Any]], suite: str,
-                out_root: Path, meta: dict[str, Any], extra_layouts: tuple[str, ...] = ()) -> Path:
+                out_root: Path, meta: dict[str, Any], extra_layouts: tuple[str, ...] = (),
+                select_by: str = "best-dev") -> Path:
     out = out_root / suite
     tables_dir = out / "tables"
+    everything = frame
+    selection = select(frame, select_by, curves)
+    frame = selection.chosen  # every table and curve below: the chosen configuration of each cell
+    if not curves.empty and not frame.empty:
+        curves = curves[curves["run_id"].isin(set(frame["run_id"]))]
     keys = layout_keys(",".join([meta.get("regenerates") or "", *extra_layouts]))
     named, touched = _paper_sections(frame, keys, tables_dir)
+    if not selection.table.empty and (selection.table["configurations"] > 1).any():
+        for entry in named + touched:
+            entry["note"] += (" Swept cells show the configuration chosen on dev (mean over seeds; see 'Chosen "
+                              "configuration per cell' for the values and the tuning cost).")
 
-    ours = []
+    ours = _selection_sections(selection, tables_dir)
     for name, title, table, empty, note in [
         ("results", "Test metric at the best dev evaluation (mean ± std over seeds)", method_task_table(frame),
          "No runs.", "Accuracy-like metrics in %."),
@@ -134,6 +170,14 @@ def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, summaries: list[dict[
         figures.append({"title": "Peak memory by method and model", "png": _b64(png),
                         "caption": "Peak above the memory held once the model was loaded; the forward-only "
                                    "probe is the inference cost of the same model and batch."})
+    for method in dict.fromkeys(selection.configs["method"]) if not selection.configs.empty else []:
+        png = figs.sensitivity_figure(selection.configs, everything, method)
+        if png:
+            figures.append({"title": f"Sensitivity — {method}", "png": _b64(png),
+                            "caption": "Dev (dashed, circles) and test (solid, squares) metric of each swept "
+                                       "configuration, mean over seeds (faint points: single seeds); the star is "
+                                       "the configuration chosen on dev. Where several parameters are swept, each "
+                                       "value shows the configuration with the best dev among those taking it."})
     png, caption = profiles_figure(curves, frame)
     if png or caption:
         figures.append({"title": "Performance profiles", "png": _b64(png), "caption": caption})
@@ -143,18 +187,20 @@ def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, summaries: list[dict[
     ours += [traj_table] if traj_table else []
     figures += [traj_figure] if traj_figure else []
 
-    statuses = ", ".join(f"{n} {s}" for s, n in frame["status"].value_counts().items()) if len(frame) else "none"
+    statuses = ", ".join(f"{n} {s}" for s, n in everything["status"].value_counts().items()) \
+        if len(everything) else "none"
     page = _env().get_template("suite.html").render(
         suite=suite, description=meta.get("description", ""), regenerates=meta.get("regenerates"),
-        n_runs=len(frame), statuses=statuses, generated=dt.datetime.now().isoformat(timespec="seconds"),
+        n_runs=len(everything), statuses=statuses, generated=dt.datetime.now().isoformat(timespec="seconds"),
         named=named, touched=touched, ours=ours, figures=figures, provenance=provenance(summaries),
         layouts=sorted(LAYOUTS))
     atomic_write(out / "index.html", page.encode())
-    atomic_write(out / "runs.csv", frame.drop(columns=[c for c in ("task_params", "method_params") if c in frame])
+    table = everything.assign(chosen=everything["run_id"].isin(set(frame["run_id"])) if len(everything) else [])
+    atomic_write(out / "runs.csv", table.drop(columns=[c for c in ("task_params", "method_params") if c in table])
                  .to_csv(index=False).encode())
     atomic_write(out / "meta.json", json.dumps({
         "suite": suite, "description": meta.get("description", ""), "regenerates": meta.get("regenerates"),
-        "runs": len(frame), "statuses": statuses, "generated": dt.datetime.now().isoformat(timespec="seconds"),
+        "runs": len(everything), "statuses": statuses, "generated": dt.datetime.now().isoformat(timespec="seconds"),
         "tasks": sorted(map(str, frame["task"].dropna().unique())) if len(frame) else [],
         "methods": sorted(map(str, frame["method"].dropna().unique())) if len(frame) else []}).encode())
     return out / "index.html"
@@ -175,7 +221,7 @@ def build_index(out_root: Path) -> Path:
 
 
 def build_report(results: Path | str, out_root: Path | str = "reports", description: str = "",
-                 regenerates: str | None = None, layouts: tuple[str, ...] = ()) -> Path:
+                 regenerates: str | None = None, layouts: tuple[str, ...] = (), select_by: str = "best-dev") -> Path:
     """Write each suite's page found under `results` (a suite folder or a folder of suites) and the index.
 
     Returns the suite's page, or the index where `results` held several suites.
@@ -192,6 +238,6 @@ def build_report(results: Path | str, out_root: Path | str = "reports", descript
         part = frame[frame["suite"] == suite] if not frame.empty else frame
         part_curves = curves[curves["suite"] == suite] if not curves.empty else curves
         part_summaries = [s for s in summaries if s.get("suite") == suite]
-        pages.append(build_suite(part, part_curves, part_summaries, str(suite), out_root, meta, layouts))
+        pages.append(build_suite(part, part_curves, part_summaries, str(suite), out_root, meta, layouts, select_by))
     index = build_index(out_root)
     return pages[0] if len(pages) == 1 else index

@@ -165,3 +165,81 @@ def memory_figure(frame: pd.DataFrame) -> bytes | None:
     grid.figure.suptitle("Peak memory: forward-only probe vs training (median; whiskers: min–max over runs)",
                          y=1.04)
     return to_png(grid.figure)
+
+
+def sensitivity_figure(configs: pd.DataFrame, runs: pd.DataFrame, method: str) -> bytes | None:
+    """Dev and test metric against each swept value of one method label (None where it sweeps nothing).
+
+    `configs` is `selection.select(...).configs` (one row per configuration); `runs` the run frame, for the
+    single seeds drawn faintly. With several swept parameters, each value of one shows the configuration with
+    the best dev among those taking that value (the profile along that parameter).
+    """
+    import json
+
+    from zobench.report.frame import scale_for
+
+    rows = configs[configs["method"] == method].copy()
+    if rows.empty:
+        return None
+    rows["point"] = [json.loads(c) for c in rows["config"]]
+    keys = list(dict.fromkeys(k for p in rows["point"] for k in p))
+    if not keys:
+        return None
+    rows["series"] = rows["task"].astype(str)
+    for axis in ("scheme", "model"):
+        if rows[axis].nunique() > 1:
+            rows["series"] = rows["series"] + " / " + rows[axis].astype(str)
+    mine = runs[runs["method"] == method].copy()
+    mine["config"] = [json.dumps(p if isinstance(p, dict) else {}, sort_keys=True, default=str) for p in mine["sweep"]]
+    higher = bool(mine["higher_is_better"].dropna().iloc[0]) if mine["higher_is_better"].notna().any() else True
+    metric = mine["metric"].dropna().iloc[0] if mine["metric"].notna().any() else "metric"
+    plt = pyplot()
+    import seaborn as sns
+
+    palette = dict(zip(dict.fromkeys(rows["series"]), sns.color_palette("tab10"), strict=False))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        values = [p.get(key) for p in rows["point"]]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values if v is not None)
+        positive = numeric and all(v is not None and v > 0 for v in values)
+        log = positive and max(values) / min(values) >= 10
+        categories = list(dict.fromkeys(json.dumps(v, default=str) for v in values))
+
+        def x_of(v: Any, numeric: bool = numeric, categories: list[str] = categories) -> float:
+            return float(v) if numeric else float(categories.index(json.dumps(v, default=str)))
+
+        for series, group in rows.groupby("series", sort=False):
+            color = palette[series]
+            profile = []
+            for value in dict.fromkeys(json.dumps(p.get(key), default=str) for p in group["point"]):
+                same = group[[json.dumps(p.get(key), default=str) == value for p in group["point"]]]
+                ranked = same.dropna(subset=["dev"])
+                best = (ranked.loc[ranked["dev"].idxmax() if higher else ranked["dev"].idxmin()]
+                        if len(ranked) else same.iloc[0])
+                profile.append(best)
+            prof = pd.DataFrame(profile)
+            prof["x"] = [x_of(p.get(key)) for p in prof["point"]]
+            prof = prof.sort_values("x")
+            ax.plot(prof["x"], prof["dev"], "--o", color=color, lw=1.2, alpha=0.9)
+            ax.plot(prof["x"], prof["test_mean"], "-s", color=color, lw=1.6, label=series)
+            for _, c in prof.iterrows():
+                cell = mine[(mine["task"] == c["task"]) & (mine["model"] == c["model"])
+                            & (mine["scheme"] == c["scheme"]) & (mine["config"] == c["config"])
+                            & (mine["status"] == "done")]
+                scale = scale_for(metric)
+                ax.scatter([c["x"]] * len(cell), cell["test_metric"] * scale, color=color, alpha=0.3, s=14, marker="s")
+                ax.scatter([c["x"]] * len(cell), cell["best_dev_metric"] * scale, color=color, alpha=0.3, s=14)
+                if c["chosen"]:
+                    ax.scatter([c["x"]], [c["test_mean"]], marker="*", s=220, color=color, edgecolor="black",
+                               zorder=5)
+        if log:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(categories)), categories, rotation=20)
+        ax.set_xlabel(key.split(".", 1)[-1])
+        ax.set_ylabel(f"{metric}{' (%)' if scale_for(metric) == 100 else ''}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(title="test (solid) / dev (dashed)", fontsize=8, title_fontsize=8)
+    fig.suptitle(f"{method}: dev and test against each swept value")
+    fig.tight_layout()
+    return to_png(fig)

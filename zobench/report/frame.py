@@ -29,6 +29,7 @@ def runs_frame(results: Path | str) -> pd.DataFrame:
             "model_id": spec.get("model", {}).get("params", {}).get("id"),
             "task_params": spec.get("task", {}).get("params", {}),
             "method_params": spec.get("method", {}).get("params", {}),
+            "sweep": spec.get("sweep") or {},  # the swept values (grid.py): a cell's configuration
             "batch_size": spec.get("settings", {}).get("batch_size"),
             "seed": s.get("seed"), "metric": s.get("metric"), "higher_is_better": s.get("higher_is_better"),
             "test_metric": s.get("test_metric"), "initial_dev_metric": s.get("initial_dev_metric"),
