@@ -27,6 +27,7 @@ import torch
 
 from zobench.optim.zo_adamu import END, PHI, anneal
 from zobench.problems.test_functions import ESCAPED, FUNCTIONS, Function2D
+from zobench.store import atomic_write
 
 LRS = tuple(float(f"{10 ** (k / 2):.3g}") for k in range(-12, 0))  # 1e-6 … 0.316, ×√10
 EPS = 1e-3  # ε of every ZO method (MeZO's)
@@ -242,11 +243,11 @@ def main(argv: list[str] | None = None) -> None:
                + "; ".join(f"{k} {v.start}" for k, v in FUNCTIONS.items()))
     every = tidy(results)
     counts = reached(every)
-    (args.out / "final-distance.md").write_text(
+    atomic_write(args.out / "final-distance.md", (
         f"{caption}\n\n{frame.to_markdown()}\n\nLearning rates (of {len(LRS)}) whose median run ends within 0.05 "
-        f"of the optimum:\n\n{counts.to_markdown()}\n")
-    every.to_csv(args.out / "final-distance-all.csv", index=False)
-    (args.out / "figure2.png").write_bytes(figure(results))
+        f"of the optimum:\n\n{counts.to_markdown()}\n").encode())
+    atomic_write(args.out / "final-distance-all.csv", every.to_csv(index=False).encode())
+    atomic_write(args.out / "figure2.png", figure(results))
     print(frame.to_markdown())
 
 
