@@ -163,7 +163,9 @@ def test_report_page_exports_and_index(report):
     ci = pd.read_csv(tables / "results-ci.csv")
     assert len(ci) == 6 and (ci["n"] == 2).all() and (ci["ci95_low"] <= ci["mean"]).all()
     memory = pd.read_csv(tables / "memory.csv")
-    assert (memory["train peak (MiB)"] >= memory["loaded (MiB)"]).all()
+    # RSS is sampled, and pages freed after the load probe go back to the OS: the training peak may read a
+    # few pages under it, never a real amount
+    assert (memory["train peak (MiB)"] >= memory["loaded (MiB)"] * (1 - 0.01)).all()
     index = (page.parent.parent / "index.html").read_text()
     assert f'href="{SUITE["name"]}/index.html"' in index
     assert json.loads((results / "suite.json").read_text())["regenerates"] == "mezo-table1"

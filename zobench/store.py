@@ -27,7 +27,8 @@ import yaml
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-UNCHECKED = ("summary.json", "attempts.jsonl")  # written after (or beside) the checksums, never checksummed
+# written after (or beside) the checksums, never checksummed; run.log is a log, appended while the run ends
+UNCHECKED = ("summary.json", "attempts.jsonl", "run.log")
 REQUIRED = ("spec.yaml", "curve.parquet")  # every finished run has them; a record without them is damaged
 
 
