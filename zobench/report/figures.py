@@ -134,7 +134,7 @@ def memory_figure(frame: pd.DataFrame) -> bytes | None:
     done = frame[frame["status"] == "done"] if not frame.empty else frame
     trained = pd.to_numeric(done.get("steps"), errors="coerce") > 0  # zero-shot / ICL: the probe only
     rows = []
-    for source in ("rss", "torch_allocator", "nvml"):
+    for source in ("rss", "torch_allocator", "nvml_device", "nvml"):
         loaded = done.get(f"loaded_{source}_bytes")
         if loaded is None or loaded.isna().all():
             continue

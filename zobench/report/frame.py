@@ -11,8 +11,10 @@ import pandas as pd
 from zobench.store import load_summaries
 
 AXES = ("model", "task", "method", "scheme")
-SOURCE_ORDER = ("nvml", "torch_allocator", "rss")  # the memory a table shows: the first one measured
-SOURCE_NAMES = {"nvml": "NVML device memory", "torch_allocator": "torch allocator peak", "rss": "process peak RSS"}
+# the memory a table shows: the first one measured (the process's own NVML figure is absent in many containers)
+SOURCE_ORDER = ("nvml", "nvml_device", "torch_allocator", "rss")
+SOURCE_NAMES = {"nvml": "NVML, this process", "nvml_device": "NVML, device used minus baseline",
+                "torch_allocator": "torch allocator peak", "rss": "process peak RSS"}
 PERCENT_METRICS = {"accuracy", "acc", "f1", "em", "exact_match", "matthews"}
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from zobench.report.figures import legend_below, pyplot, series_label, to_png
+from zobench.report.frame import SOURCE_ORDER
 
 MEASURES = {"seconds_to_target": "training seconds to target", "forward_passes_to_target": "forward passes to target",
             "peak_memory": "training peak memory above loaded model"}
@@ -53,7 +54,7 @@ def costs(curves: pd.DataFrame, runs: pd.DataFrame, fraction: float = 0.5) -> pd
         return pd.DataFrame()
     runs = runs.assign(solver=series_label(runs))
     runs = runs[pd.to_numeric(runs["steps"], errors="coerce") > 0]  # zero-shot / ICL do not train: no solver
-    source = next((s for s in ("nvml", "torch_allocator", "rss") if f"mem_train_{s}_bytes" in runs
+    source = next((s for s in SOURCE_ORDER if f"mem_train_{s}_bytes" in runs
                    and runs[f"mem_train_{s}_bytes"].notna().any()), None)
     out = []
     for t in tg.itertuples():
