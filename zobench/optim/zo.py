@@ -14,6 +14,7 @@ The objective is any scalar the loss function returns; nothing assumes it is dif
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -185,15 +186,17 @@ class ZOMethod(Method):
             p.mul_(1 - self.hp.lr * self.hp.weight_decay)
         p.add_(est, alpha=-self.hp.lr)
 
-    def folds_update(self) -> bool:
-        """The update is SGD over the generator's z with one decay for all: the engine does it pass by pass."""
+    @cached_property
+    def folds(self) -> bool:
+        """The update is SGD over the generator's z with one decay for all: the engine does it pass by pass.
+        Fixed for the method's life (parameters, hyper-parameters and class), so worked out once."""
         uniform_decay = not self.hp.weight_decay or all(self.decays(i) for i in range(len(self.params)))
         return self.sgd_update and not self.own_draw and uniform_decay
 
     @torch.no_grad()
     def update(self, seeds: list[int], grads: list[float]) -> None:
         """θ ← the step's update: SGD pass by pass when it folds, else `apply(estimate)` parameter by parameter."""
-        if self.folds_update():
+        if self.folds:
             self.engine.sgd(seeds, grads, self.hp.lr, self.hp.weight_decay)
             return
         for i, p in enumerate(self.params):
@@ -201,7 +204,7 @@ class ZOMethod(Method):
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, loss_fn: LossFn) -> float:
-        folds = self.folds_update()
+        folds = self.folds
         with self.engine.folding(folds):  # the in-place engine may leave its last restore to the update
             seeds, grads, loss = self.probe(loss_fn)
         with phase("update"):
