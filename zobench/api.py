@@ -45,18 +45,12 @@ def run(suite: Path | str, results: Path | str = "results", *, executor: str | N
     its runs, one row each; a run that failed, diverged or ran out of memory is a row with that status.
     `report` also builds the HTML report under `reports`."""
     from zobench.cli import plan
-    from zobench.executors import pending
-    from zobench.registry import executors
+    from zobench.executors import run_specs
     from zobench.store import Store
 
     spec_suite, specs = plan(Path(suite), data_dir, executor)
-    engine = executor or spec_suite.executor.name
-    executor_cls = executors.get(engine)
     store = Store(Path(results), spec_suite.name)
-    if rerun:
-        for spec in specs:
-            store.discard(spec.run_id)
-    executor_cls(spec_suite.executor.options_for(engine)).run(pending(specs, store), store)
+    run_specs(spec_suite, specs, store, executor or spec_suite.executor.name, rerun=rerun)
     frame = load(store.dir) if store.dir.is_dir() else pd.DataFrame()
     if report:
         from zobench.report import build_report

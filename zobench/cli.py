@@ -97,14 +97,14 @@ def run_cmd(
     try:
         suite, specs = plan(suite_file, data_dir, executor)
         engine = executor or suite.executor.name
-        executor_cls = executors.get(engine)  # its options were checked with the suite (file:line)
+        executors.get(engine)  # an unknown name is refused here; its options were checked with the suite (file:line)
         writable_folder(results, "--results")
         if report:
             writable_folder(reports, "--reports")
     except UserError as e:
         fail(e)
     try:
-        _run_and_report(suite, specs, results, reports, rerun, report, executor_cls, engine)
+        _run_and_report(suite, specs, results, reports, rerun, report, engine)
     except UserError as e:
         fail(e)
     except OSError as e:
@@ -112,19 +112,13 @@ def run_cmd(
 
 
 def _run_and_report(suite: Any, specs: list[RunSpec], results: Path, reports: Path, rerun: bool, report: bool,
-                    executor_cls: Any, engine: str) -> None:
-    from zobench.executors import pending
+                    engine: str) -> None:
+    from zobench.executors import run_specs
     from zobench.report import build_report
     from zobench.store import Store
 
     store = Store(results, suite.name)
-    if rerun:  # forget their results (a run another process is running right now is left to it)
-        for spec in specs:
-            store.discard(spec.run_id)
-    todo = pending(specs, store)
-    err.print(f"suite [bold]{suite.name}[/]: {len(specs)} runs, {len(specs) - len(todo)} already done, "
-              f"{len(todo)} to run")
-    executor_cls(suite.executor.options_for(engine), console=err).run(todo, store)
+    run_specs(suite, specs, store, engine, rerun=rerun, console=err)
     from zobench.report.frame import method_task_table, runs_frame
 
     frame = runs_frame(store.dir)
