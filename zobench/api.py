@@ -55,7 +55,7 @@ def run(suite: Path | str, results: Path | str = "results", *, executor: str | N
     if report:
         from zobench.report import build_report
 
-        build_report(store.dir, Path(reports), description=spec_suite.description, regenerates=spec_suite.regenerates)
+        build_report(store.dir, Path(reports))  # reads the suite.json run_specs wrote
     if frame.empty:
         return frame
     return frame[frame["run_id"].isin({s.run_id for s in specs})].reset_index(drop=True)

@@ -32,15 +32,11 @@ from tabulate import tabulate
 from zobench.config import CheckSpec, Suite, Tolerance
 from zobench.errors import UserError
 from zobench.grid import RunSpec
-from zobench.store import Store, atomic_write
+from zobench.store import GROUPS, RunRecord, Store, atomic_write
 
-EXACT = ("status", "metric", "spec_hash", "steps", "best_step", "forward_passes", "backward_passes",
-         "state_bytes", "trainable_params", "diverged_at_step")
-VALUES = ("test_metric", "initial_dev_metric", "final_train_loss")
-NESTED = ("test", "best_dev")
 STRUCTURE = ("status", "metric", "spec_hash", "steps", "forward_passes", "backward_passes", "state_bytes",
              "trainable_params")  # what a platform-bound run must still match on another platform
-TIMING_SUFFIX = "_s"  # wall_s, train_s, median_step_s, ...: seconds, compared only when asked
+TIMING_SUFFIX = "_s"  # wall_s, train_s, median_step_s, ...: seconds, compared only when asked (a suite's own too)
 TIMING_DEFAULT = Tolerance(rel=0.5)  # wall-clock on a shared machine: only gross slow-downs are drift
 FORMAT = 2  # 2: `platform` and `reason` beside the runs; format 1 (no platform) is read as another platform
 PLATFORM_PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "scipy", "peft")  # the ones that move numbers
@@ -55,17 +51,35 @@ def cell_key(run_id: str) -> str:
     return run_id.rsplit("_", 1)[0]
 
 
-def metrics_of(summary: dict[str, Any], spec: CheckSpec) -> dict[str, Any]:
-    """The comparable values of one summary, flattened ('test.accuracy'); timing included, ignores dropped."""
-    out: dict[str, Any] = {k: summary[k] for k in (*EXACT, *VALUES) if k in summary}
-    out.update({k: v for k, v in summary.items() if is_timing(k) and isinstance(v, int | float)})
-    for group in NESTED:
-        for k, v in (summary.get(group) or {}).items():
-            if isinstance(v, int | float | str | bool) or v is None:
-                out[f"{group}.{k}"] = v
+def compared_fields() -> dict[str, str]:
+    """{field: how} for every field of the run record marked `compared(...)` in store.py, in any group: what
+    `check` compares is declared beside the field, not listed here."""
+    out: dict[str, str] = {}
+    for model in (RunRecord, *GROUPS.values()):
+        for name, info in model.model_fields.items():
+            how = (info.json_schema_extra or {}).get("compare") if isinstance(info.json_schema_extra, dict) else None
+            if how is not None:
+                out[name] = str(how)
+    return out
+
+
+def metrics_of(record: RunRecord, spec: CheckSpec) -> dict[str, Any]:
+    """The comparable values of one run record, flattened ('test.accuracy'); timing included, ignores dropped.
+    Only fields the run set are compared: a run that failed before it was scored has no test metric."""
+    flat = record.flat()
+    out: dict[str, Any] = {}
+    for name, how in compared_fields().items():
+        if name not in flat:
+            continue
+        if how == "nested":
+            for k, v in (flat[name] or {}).items():
+                if isinstance(v, int | float | str | bool) or v is None:
+                    out[f"{name}.{k}"] = v
+        elif how != "timing" or isinstance(flat[name], int | float):
+            out[name] = flat[name]
     for name in spec.tolerances:  # a suite may opt in to any other top-level number
-        if name in summary and isinstance(summary[name], int | float):
-            out[name] = summary[name]
+        if name in flat and isinstance(flat[name], int | float):
+            out[name] = flat[name]
     return {k: v for k, v in out.items() if not any(fnmatch.fnmatchcase(k, g) for g in spec.ignore)}
 
 
@@ -120,7 +134,7 @@ def _tol_text(tol: Tolerance | None) -> str:
                                         f"rel {tol.rel:g}" if tol.rel else "") if part)
 
 
-def compare(reference: dict[str, dict[str, Any]], runs: dict[str, dict[str, Any] | None], spec: CheckSpec,
+def compare(reference: dict[str, dict[str, Any]], runs: dict[str, RunRecord | None], spec: CheckSpec,
             timing: bool, exact: bool = False) -> tuple[list[Drift], int]:
     """Drifts between reference and fresh runs (both keyed by cell), and how many values held or not.
     `exact`: the same platform as the reference's, so every value but wall-clock must match exactly."""
@@ -130,11 +144,11 @@ def compare(reference: dict[str, dict[str, Any]], runs: dict[str, dict[str, Any]
         if key not in reference:
             drifts.append(Drift(key, "(run)", "absent", "present", "run not in the reference: --update adds it"))
             continue
-        summary = runs.get(key)
-        if summary is None:
+        record = runs.get(key)
+        if record is None:
             drifts.append(Drift(key, "(run)", "present", "absent", "no summary: the run did not finish"))
             continue
-        ref, got = reference[key], metrics_of(summary, spec)
+        ref, got = reference[key], metrics_of(record, spec)
         names = set(ref) | set(got)
         names = {n for n in names if not any(fnmatch.fnmatchcase(n, g) for g in spec.ignore)}
         if not exact and any(fnmatch.fnmatchcase(key, g) for g in spec.platform_bound):
@@ -226,10 +240,10 @@ def read_reference(path: Path, suite: str) -> dict[str, Any]:
     return data
 
 
-def write_reference(path: Path, suite: Suite, runs: dict[str, dict[str, Any] | None], platform: dict[str, Any],
+def write_reference(path: Path, suite: Suite, runs: dict[str, RunRecord | None], platform: dict[str, Any],
                     reason: str) -> None:
-    done = [s for s in runs.values() if s]
-    env = done[0].get("env", {}) if done else {}
+    done = [r for r in runs.values() if r is not None]
+    env = done[0].env.model_dump() if done else {}
     data = {
         "format": FORMAT, "suite": suite.name,
         "note": "written by `zobench check --update --reason TEXT`; compared by `zobench check`: exactly on this "
@@ -244,11 +258,13 @@ def write_reference(path: Path, suite: Suite, runs: dict[str, dict[str, Any] | N
 
 
 # --------------------------------------------------------------------------- the verb
-def _run(specs: list[RunSpec], store: Store, threads: int, console: Console) -> None:
+def _run(suite: Suite, specs: list[RunSpec], store: Store, threads: int, console: Console) -> None:
     import torch
 
+    from zobench.executors import suite_record
     from zobench.executors.local import LocalExecutor, pending
 
+    store.write_suite(suite_record(suite))  # `zobench report RESULTS/<suite>` later: the suite's own page
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # CPU sums depend on the thread split: pin it so numbers repeat
     try:
@@ -288,11 +304,11 @@ def run_check(suite: Suite, specs: list[RunSpec], against: Path, results: Path |
     with tempfile.TemporaryDirectory(prefix="zobench-check-") as tmp:
         store = Store(results or tmp, suite.name)
         if run:
-            _run(specs, store, threads, err)
-        runs = {cell_key(s.run_id): store.summary(s.run_id) for s in specs}
+            _run(suite, specs, store, threads, err)
+        runs = {cell_key(s.run_id): store.record(s.run_id) for s in specs}
     if update:
         write_reference(against, suite, runs, platform, (reason or "").strip())
-        bad = sorted(k for k, s in runs.items() if not s or s.get("status") != "done")
+        bad = sorted(k for k, r in runs.items() if r is None or r.status != "done")
         say(f"reference written: {against} ({len(runs)} runs)")
         if bad:
             say(f"note: {len(bad)} runs are not 'done' and are recorded as they are: {', '.join(bad)}")

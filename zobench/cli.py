@@ -134,7 +134,7 @@ def _run_and_report(suite: Any, specs: list[RunSpec], results: Path, reports: Pa
         out.print(f"{len(bad)} runs did not finish: " + ", ".join(f"{r.run_id} ({r.status})" for r in bad.itertuples()))
     out.print(f"results: {store.dir}/")
     if report:
-        page = build_report(store.dir, reports, description=suite.description, regenerates=suite.regenerates)
+        page = build_report(store.dir, reports)  # the suite's settings: from suite.json, written before the runs
         out.print(f"report:  {page}")
     if not bad.empty:  # scripts and CI see it; the report is still built
         raise typer.Exit(RUNS_NOT_DONE)

@@ -7,7 +7,6 @@ a summary. A run that diverges, runs out of memory or crashes is recorded with t
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import math
@@ -18,6 +17,7 @@ import statistics
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,8 @@ from zobench.errors import UserError
 from zobench.grid import RunSpec
 from zobench.measure import Clock, PeakMemory, environment, inference_probe, timed
 from zobench.models.base import compile_blocks
-from zobench.store import Store
+from zobench.optim.base import Method
+from zobench.store import Cost, Metrics, Outcome, RunRecord, Store, Timing
 
 
 class Diverged(Exception):
@@ -80,8 +81,26 @@ class Batches:
         return batch
 
 
-def run(spec: RunSpec, store: Store, progress: Any = None) -> dict[str, Any]:
-    """Train and evaluate one run; write its folder; return its summary. Never raises for a bad run."""
+@dataclass
+class Built:
+    """What a run trains: the loaded model (None for a synthetic problem), the task's workload, the method."""
+
+    bundle: Any
+    workload: Any
+    method: Method
+
+
+@dataclass
+class Trained:
+    """What training and the final evaluation produced, for the record and for examples.json."""
+
+    metrics: Metrics
+    cost: Cost
+    timing: Timing
+
+
+def run(spec: RunSpec, store: Store, progress: Any = None) -> RunRecord:
+    """Train and evaluate one run; write its folder; return its record. Never raises for a bad run."""
     run_id = spec.run_id
     store.write_spec(run_id, spec.model_dump(mode="json"))
     try:
@@ -92,74 +111,82 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> dict[str, Any]:
     if fallback:
         print(f"WARNING [{run_id}]: {fallback} on {platform.node()}, CUDA_VISIBLE_DEVICES="
               f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}", file=sys.stderr, flush=True)
-    summary: dict[str, Any] = {
-        "run_id": run_id, "spec_hash": spec.spec_hash, "suite": spec.suite, "seed": spec.seed,
-        "spec": spec.model_dump(mode="json"), "env": environment(device),
-        "attempt": len(store.attempts(run_id)) or None, "pid": os.getpid(),
-        **({"device_fallback": fallback} if fallback else {}),
-    }
+    outcome = Outcome(status="failed", attempt=len(store.attempts(run_id)) or None, pid=os.getpid(),
+                      **({"device_fallback": fallback} if fallback else {}))
+    record = RunRecord(run_id=run_id, spec_hash=spec.spec_hash, suite=spec.suite, seed=spec.seed,
+                       spec=spec.model_dump(mode="json"), env=environment(device), outcome=outcome)
     curve: list[dict[str, Any]] = []
     started = time.perf_counter()
     memory, clock = PeakMemory(device), Clock(device)
+    built, timing = None, Timing()
     try:
         if device_error:
             raise UserError(device_error)
         with memory, clock:
-            summary.update(_train(spec, device, curve, progress, memory, clock, known=summary))
-        summary["status"] = "done"
+            built = _build(spec, device, clock)
+            # a run that fails later still lands in its task's table column
+            record.metrics = Metrics(metric=built.workload.metric, higher_is_better=built.workload.higher_is_better)
+            trained = _train(spec, built, device, curve, progress, memory, clock)
+        record.metrics, record.cost, timing = trained.metrics, trained.cost, trained.timing
+        record.info = built.workload.info
+        outcome.status = "done"
     except Diverged as e:
-        summary.update(status="diverged", diverged_at_step=e.step, error=str(e))
+        outcome.status, outcome.diverged_at_step, outcome.error = "diverged", e.step, str(e)
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        summary.update(status="oom", error=f"{type(e).__name__}: {e}")
+        outcome.status, outcome.error = "oom", f"{type(e).__name__}: {e}"
     except Exception as e:  # the grid goes on (a UserError here too: planning checked what it could)
         if isinstance(e, RuntimeError) and "out of memory" in str(e):  # CUDA errors not typed as OOM (cuBLAS)
-            summary.update(status="oom", error=f"{type(e).__name__}: {e}")
+            outcome.status, outcome.error = "oom", f"{type(e).__name__}: {e}"
         else:
             store.write_text(run_id, "traceback.txt", traceback.format_exc())
-            summary.update(status="failed", error=f"{type(e).__name__}: {e}")
-    if summary.get("status") == "oom":  # free what the failed run held so the next one starts clean
+            outcome.error = f"{type(e).__name__}: {e}"
+    example_ids = built.workload.example_ids if built is not None else None
+    del built
+    if outcome.status == "oom":  # free what the failed run held so the next one starts clean
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    summary["wall_s"] = time.perf_counter() - started
-    summary["memory"] = memory.record()
-    summary["memory_by_phase"] = memory.by_window()  # setup / inference probe / train / evaluation
-    summary["phases"] = clock.summary()
-    if "example_ids" in summary:
-        store.write_text(run_id, "examples.json", json.dumps(summary.pop("example_ids")))
-        summary["examples_file"] = "examples.json"
+    timing.wall_s, timing.phases = time.perf_counter() - started, clock.summary()
+    record.timing = timing
+    record.memory = memory.record()
+    record.memory_by_phase = memory.by_window()  # setup / inference probe / train / evaluation
+    if example_ids:  # which rows the run saw
+        store.write_text(run_id, "examples.json", json.dumps(example_ids))
+        record.examples_file = "examples.json"
     try:
         store.write_curve(run_id, curve)
     except OSError as e:  # a full disk: recorded in the summary (small), and the grid goes on
-        summary.update(status="failed", error=f"curve.parquet not written: {e}")
-    store.write_summary(run_id, summary)  # says so in one line, without raising, when it cannot be written
-    return summary
+        outcome.status, outcome.error = "failed", f"curve.parquet not written: {e}"
+    record.outcome = outcome
+    store.write_record(run_id, record)  # says so in one line, without raising, when it cannot be written
+    return record
 
 
-def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], progress: Any,
-           memory: PeakMemory, clock: Clock, known: dict[str, Any] | None = None) -> dict[str, Any]:
+def _build(spec: RunSpec, device: torch.device, clock: Clock) -> Built:
+    """Model (wrapped by its scheme), the task's workload on it, and the method over its trainable parameters."""
     settings = spec.settings
     seed_everything(spec.seed)
     bundle = registry.models.get(spec.model.name).load(spec.model.params, device, spec.seed)
     if bundle is not None:  # a scheme may wrap the model (peft): the task must see the wrapped one
         bundle.model = registry.schemes.get(spec.scheme.name).apply(bundle.model, spec.scheme.params) or bundle.model
     workload = registry.tasks.get(spec.task.name).build(spec.task.params, bundle, device, spec.seed)
-    if known is not None:  # a run that fails later still lands in its task's table column
-        known.update(metric=workload.metric, higher_is_better=workload.higher_is_better)
-        if getattr(workload, "example_ids", None):  # which rows the run saw: written to examples.json
-            known["example_ids"] = workload.example_ids
     if settings.compile:  # before any forward: the probe, preparation and evaluations run compiled too
         torch._dynamo.reset()  # this run's own graphs: none left by an earlier run in this process
         compile_blocks(workload.module)
     method_cls = registry.methods.get(spec.method.name)
     method = method_cls(workload.trainable(), method_cls.Params.model_validate(spec.method.params), spec.seed)
-    if hasattr(method, "match_model"):  # first-order: mixed precision when the model's weights are half precision
-        method.match_model(workload.module)
-    amp = getattr(method, "autocast", contextlib.nullcontext)  # evaluations run at the training forward's precision
-    if hasattr(method, "prepare"):  # training-free baselines: ICL sets demonstrations, linear probing fits its probe
+    method.match_model(workload.module)  # first-order: mixed precision when the model's weights are half precision
+    if method.prepares:  # training-free baselines: ICL sets demonstrations, linear probing fits its probe
         with clock.phase("prepare"):
             method.prepare(workload)
-    total_steps = settings.steps if getattr(method, "takes_steps", True) else 0  # zero-shot, ICL, LP: no steps
+    return Built(bundle, workload, method)
+
+
+def _train(spec: RunSpec, built: Built, device: torch.device, curve: list[dict[str, Any]], progress: Any,
+           memory: PeakMemory, clock: Clock) -> Trained:
+    settings, bundle, workload, method = spec.settings, built.bundle, built.workload, built.method
+    amp = method.autocast  # evaluations run at the training forward's precision
+    total_steps = settings.steps if method.takes_steps else 0  # zero-shot, ICL, LP: no steps
     workload.module.train(method.needs_grad)  # ZO: both forwards must see the same network (no dropout)
     if not method.needs_grad:
         workload.module.requires_grad_(False)  # nothing to record for autograd
@@ -174,7 +201,7 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
     metric, sign = workload.metric, (1 if workload.higher_is_better else -1)
     best: dict[str, Any] = {"score": -math.inf, "step": None, "dev": None, "state": None}
 
-    settle = getattr(method, "settle", lambda: None)  # a deferred update is done before θ is read
+    settle = method.settle  # a deferred update is done before θ is read
 
     def evaluate_dev(step: int, row: dict[str, Any]) -> None:
         with clock.phase("step"):  # training work: counted as such
@@ -231,16 +258,14 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
 
         with clock.phase("lm_eval"):
             lm_eval = lm_eval_evaluate(workload.module, bundle.tokenizer, settings.lm_eval)
-    return {
-        **({"lm_eval": lm_eval} if lm_eval is not None else {}),
-        **({"precision": method.precision()} if hasattr(method, "precision") else {}),
-        "metric": metric, "higher_is_better": workload.higher_is_better,
-        "test": test, "test_metric": test[metric], "best_dev": best["dev"], "best_step": best["step"],
-        "initial_dev_metric": best.get("initial"), "final_train_loss": train_loss, "steps": steps_done,
-        "forward_passes": method.forward_passes, "backward_passes": method.backward_passes,
-        "train_s": clock.totals.get("step", 0.0), "eval_s": clock.totals.get("evaluation", 0.0),
-        "median_step_s": statistics.median(step_times) if step_times else None,
-        "inference_forward_s": statistics.median(probe_s),
-        "state_bytes": method.state_bytes(),
-        "trainable_params": sum(p.numel() for p in method.params), "info": workload.info,
-    }
+    return Trained(
+        metrics=Metrics(metric=metric, higher_is_better=workload.higher_is_better, test=test, test_metric=test[metric],
+                        best_dev=best["dev"], best_step=best["step"], initial_dev_metric=best.get("initial"),
+                        final_train_loss=train_loss, **({"lm_eval": lm_eval} if lm_eval is not None else {})),
+        cost=Cost(steps=steps_done, forward_passes=method.forward_passes, backward_passes=method.backward_passes,
+                  state_bytes=method.state_bytes(), trainable_params=sum(p.numel() for p in method.params),
+                  **({"precision": precision} if (precision := method.precision()) is not None else {})),
+        timing=Timing(train_s=clock.totals.get("step", 0.0), eval_s=clock.totals.get("evaluation", 0.0),
+                      median_step_s=statistics.median(step_times) if step_times else None,
+                      inference_forward_s=statistics.median(probe_s)),
+    )

@@ -35,6 +35,7 @@ class TrainingFree(Method):
 
     Params: ClassVar[type[BaseModel]] = FreeParams  # type: ignore[assignment]
     takes_steps: ClassVar[bool] = False
+    prepares: ClassVar[bool] = True
 
     def step(self, loss_fn: LossFn) -> float:
         raise RuntimeError(f"'{self.registered_name}' takes no training steps")

@@ -60,10 +60,10 @@ def run_spec_json(spec_json: str, results: str, threads: int | None = None, wait
     spec = RunSpec.model_validate_json(spec_json)
     try:
         with torch_threads(threads):
-            summary = run_claimed(spec, Store(results, spec.suite), wait=wait)
+            record = run_claimed(spec, Store(results, spec.suite), wait=wait)
     except UserError as e:
         return {"user_error": str(e), "run_id": spec.run_id}
-    return summary if summary is not None else {"held_elsewhere": True, "run_id": spec.run_id}
+    return record.flat() if record is not None else {"held_elsewhere": True, "run_id": spec.run_id}
 
 
 def main(argv: list[str] | None = None) -> int:

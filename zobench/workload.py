@@ -23,6 +23,7 @@ class Workload:
     metric: str  # the metric that picks the best dev evaluation, e.g. "accuracy"
     higher_is_better: bool = True
     info: dict[str, Any] = field(default_factory=dict)  # split sizes, parameter counts, ...
+    example_ids: dict[str, list[str]] = field(default_factory=dict)  # per split, each example's source row
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.module.parameters() if p.requires_grad]

@@ -10,9 +10,14 @@ from typing import Any
 
 from zobench.executors import local, pool, ray_cluster, slurm  # noqa: F401
 from zobench.executors.local import Executor, ExecutorOptions, pending
-from zobench.store import Store
+from zobench.store import Store, SuiteRecord
 
-__all__ = ["Executor", "ExecutorOptions", "pending", "run_specs"]
+__all__ = ["Executor", "ExecutorOptions", "pending", "run_specs", "suite_record"]
+
+
+def suite_record(suite: Any) -> SuiteRecord:
+    """The suite's settings the report reads from its results folder (config.Suite → store.SuiteRecord)."""
+    return SuiteRecord(name=suite.name, description=suite.description or "", regenerates=suite.regenerates)
 
 
 def run_specs(suite: Any, specs: list, store: Store, engine: str, *, rerun: bool = False, console: Any = None) -> int:
@@ -20,6 +25,7 @@ def run_specs(suite: Any, specs: list, store: Store, engine: str, *, rerun: bool
     executor `engine` (options from the suite), write through `store`. Returns how many runs were pending."""
     from zobench.registry import executors
 
+    store.write_suite(suite_record(suite))  # what the report needs from the YAML, before any run starts
     if rerun:  # forget their results (a run another process is running right now is left to it)
         for spec in specs:
             store.discard(spec.run_id)

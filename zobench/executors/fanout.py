@@ -16,7 +16,7 @@ from zobench.errors import UserError
 from zobench.executors.local import Executor
 from zobench.grid import RunSpec
 from zobench.measure import environment
-from zobench.store import Store
+from zobench.store import Outcome, RunRecord, Store
 
 
 class FanoutExecutor(Executor):
@@ -82,23 +82,21 @@ def lost_run(spec: RunSpec, store: Store, error: str) -> dict[str, Any]:
     with store.claim(spec.run_id) as mine:
         if not mine:
             return {"held_elsewhere": True, "run_id": spec.run_id}
-        summary = store.summary(spec.run_id)
-        if summary and summary.get("spec_hash") == spec.spec_hash:
-            return summary
+        record = store.record(spec.run_id)
+        if record is not None and record.spec_hash == spec.spec_hash:
+            return record.flat()
         return _write_lost(spec, store, error)
 
 
 def _write_lost(spec: RunSpec, store: Store, error: str) -> dict[str, Any]:
     import torch
 
-    summary = {
-        "run_id": spec.run_id, "spec_hash": spec.spec_hash, "suite": spec.suite, "seed": spec.seed,
-        "spec": spec.model_dump(mode="json"), "env": environment(torch.device("cpu")),
-        "status": "failed", "error": error, "recorded_by": "executor", "recorded_at": time.time(),
-    }
-    store.write_spec(spec.run_id, summary["spec"])
-    store.write_summary(spec.run_id, summary)
-    return summary
+    record = RunRecord(run_id=spec.run_id, spec_hash=spec.spec_hash, suite=spec.suite, seed=spec.seed,
+                       spec=spec.model_dump(mode="json"), env=environment(torch.device("cpu")),
+                       outcome=Outcome(status="failed", error=error, recorded_by="executor", recorded_at=time.time()))
+    store.write_spec(spec.run_id, spec.model_dump(mode="json"))
+    store.write_record(spec.run_id, record)
+    return record.flat()
 
 
 def check_user_error(result: dict[str, Any]) -> dict[str, Any]:

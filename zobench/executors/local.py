@@ -13,7 +13,7 @@ from zobench.executors.lines import LineProgress, wants_lines
 from zobench.grid import RunSpec
 from zobench.registry import executors
 from zobench.runlog import third_party_output_to
-from zobench.store import Store
+from zobench.store import RunRecord, Store
 from zobench.worker import torch_threads
 
 
@@ -22,17 +22,17 @@ def pending(specs: list[RunSpec], store: Store) -> list[RunSpec]:
     return [s for s in specs if not store.is_done(s.run_id, s.spec_hash)]
 
 
-def run_claimed(spec: RunSpec, store: Store, progress: Any = None, wait: bool = False) -> dict[str, Any] | None:
+def run_claimed(spec: RunSpec, store: Store, progress: Any = None, wait: bool = False) -> RunRecord | None:
     """Run one spec at most once across processes: under its lock, and only if it is not done by now.
 
-    Returns None when another process holds the run (and not `wait`); the stored summary when another
-    process finished it meanwhile; else the new summary. Every executor's worker should call this.
+    Returns None when another process holds the run (and not `wait`); the stored record when another
+    process finished it meanwhile; else the new record. Every executor's worker should call this.
     """
     with store.claim(spec.run_id, wait=wait) as mine:
         if not mine:
             return None
         if store.is_done(spec.run_id, spec.spec_hash):
-            return store.summary(spec.run_id)
+            return store.record(spec.run_id)
         store.begin(spec.run_id)
         with third_party_output_to(store.run_dir(spec.run_id) / "run.log"):  # transformers' warnings: not the console
             return runner.run(spec, store, progress)
@@ -46,7 +46,8 @@ class ExecutorOptions(BaseModel):
 
 
 class Executor:
-    """Runs specs and returns their summaries. Subclasses fan out elsewhere."""
+    """Runs specs and returns their summaries (`RunRecord.flat()`: plain dicts, the form that crosses processes).
+    Subclasses fan out elsewhere."""
 
     Options: ClassVar[type[ExecutorOptions]] = ExecutorOptions
 
@@ -78,19 +79,19 @@ class LocalExecutor(Executor):
                     def progress(step: int, total: int, loss: float, current: Any = current) -> None:
                         bar.update(current, completed=step, info=f"loss {loss:.4g}")
 
-                    summary = run_claimed(spec, store, progress, wait=wait)
+                    record = run_claimed(spec, store, progress, wait=wait)
                     bar.stop_task(current)
-                    if summary is None:
+                    if record is None:
                         held_elsewhere.append(spec)
                         bar.update(current, info="another process is running it; back to it at the end")
                         continue
-                    bar.update(current, info=f"{summary['status']} {_headline(summary)}")
+                    bar.update(current, info=f"{record.status} {_headline(record)}")
                     bar.advance(grid)
-                    summaries.append(summary)
+                    summaries.append(record.flat())
         return summaries
 
 
-def _headline(summary: dict[str, Any]) -> str:
-    if summary.get("test_metric") is None:
-        return summary.get("error", "")[:60]
-    return f"test {summary['metric']}={summary['test_metric']:.4g}"
+def _headline(record: RunRecord) -> str:
+    if record.metrics.test_metric is None:
+        return (record.outcome.error or "")[:60]
+    return f"test {record.metrics.metric}={record.metrics.test_metric:.4g}"

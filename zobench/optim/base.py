@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from typing import ClassVar
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, PositiveFloat
@@ -66,3 +68,21 @@ class Method:
 
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.state_tensors())
+
+    # what the runner asks of every method; the defaults are a plain trained method's
+    takes_steps: ClassVar[bool] = True  # False: zero-shot, ICL, linear probing (0 steps; evaluated as built)
+    prepares: ClassVar[bool] = False  # True: `prepare(workload)` does work (timed as the "prepare" phase)
+
+    def prepare(self, workload: Any) -> None:
+        """Work before the first step that needs the workload (ICL's demonstrations, a linear probe's fit)."""
+
+    def match_model(self, module: torch.nn.Module) -> None:
+        """Adapt to the model's weights once built (first-order: mixed precision for half-precision weights)."""
+
+    def autocast(self) -> AbstractContextManager:
+        """The precision the training forward runs at; evaluations run under it too."""
+        return contextlib.nullcontext()
+
+    def precision(self) -> dict[str, Any] | None:
+        """The precision it trained at, for the record (None: the model's own, nothing to say)."""
+        return None

@@ -21,9 +21,7 @@ from zobench.report.papers import LAYOUTS, layout_keys, place
 from zobench.report.profiles import profiles_figure
 from zobench.report.render import export, panel_csv, panel_html, panel_text
 from zobench.report.selection import Selection, select, tuning_table
-from zobench.store import atomic_write, load_curves, load_summaries
-
-META = "suite.json"  # beside the runs: name, description, regenerates (written by `zobench run`)
+from zobench.store import RunRecord, SuiteRecord, atomic_write, load_curves, load_records, read_suite
 
 
 def _env() -> Environment:
@@ -34,36 +32,28 @@ def _b64(png: bytes | None) -> str | None:
     return base64.b64encode(png).decode() if png else None
 
 
-def suite_meta(results: Path, description: str = "", regenerates: str | None = None) -> dict[str, Any]:
-    """What the suite said about itself; saved beside its runs so `zobench report` finds it later."""
-    path = results / META
-    saved: dict[str, Any] = {}
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            saved = {}
-    meta = {"description": description or saved.get("description", ""),
-            "regenerates": regenerates if regenerates is not None else saved.get("regenerates")}
-    if (description or regenerates is not None) and results.is_dir() and meta != saved:
-        atomic_write(path, json.dumps(meta, indent=2).encode())
-    return meta
+def suite_meta(results: Path, description: str | None = None, regenerates: str | None = None) -> dict[str, Any]:
+    """What the suite said about itself (its `suite.json`, written by `zobench run` through the store); an
+    argument given here overrides it for this page only. The report writes nothing beside the runs."""
+    saved = read_suite(results) or SuiteRecord()
+    return {"description": description if description is not None else saved.description,
+            "regenerates": regenerates if regenerates is not None else saved.regenerates}
 
 
-def provenance(summaries: list[dict[str, Any]]) -> dict[str, str]:
+def provenance(records: list[RunRecord]) -> dict[str, str]:
     """Device, driver, packages, git revision: every distinct value across the runs, so mixed origins show."""
-    keys = {"device": lambda e: e.get("device_name", e.get("device")), "driver": lambda e: e.get("driver"),
-            "CUDA": lambda e: e.get("cuda"), "CPU": lambda e: e.get("cpu"), "host": lambda e: e.get("host"),
-            "platform": lambda e: e.get("platform"), "python": lambda e: e.get("python"),
-            "torch threads": lambda e: e.get("torch_threads"), "git revision": lambda e: e.get("git_revision")}
-    envs = [s.get("env") or {} for s in summaries]
+    keys = {"device": lambda e: e.device_name or e.device, "driver": lambda e: e.driver, "CUDA": lambda e: e.cuda,
+            "CPU": lambda e: e.cpu, "host": lambda e: e.host, "platform": lambda e: e.platform,
+            "python": lambda e: e.python, "torch threads": lambda e: e.torch_threads,
+            "git revision": lambda e: e.git_revision}
+    envs = [r.env for r in records]
     out: dict[str, str] = {}
     for name, get in keys.items():
         values = list(dict.fromkeys(str(v) for v in map(get, envs) if v is not None))
         out[name] = ", ".join(values) if values else "— (not available)"
-    packages = sorted({p for e in envs for p in (e.get("packages") or {})})
+    packages = sorted({p for e in envs for p in e.packages})
     for p in packages:
-        values = list(dict.fromkeys(str((e.get("packages") or {}).get(p)) for e in envs))
+        values = list(dict.fromkeys(str(e.packages.get(p)) for e in envs))
         out[p] = ", ".join(values)
     return out
 
@@ -117,7 +107,7 @@ def _selection_sections(selection: Selection, folder: Path) -> list[dict[str, An
     return out
 
 
-def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, summaries: list[dict[str, Any]], suite: str,
+def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, records: list[tuple[Path, RunRecord]], suite: str,
                 out_root: Path, meta: dict[str, Any], extra_layouts: tuple[str, ...] = (),
                 select_by: str = "best-dev") -> Path:
     out = out_root / suite
@@ -183,7 +173,7 @@ def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, summaries: list[dict[
         figures.append({"title": "Performance profiles", "png": _b64(png), "caption": caption})
     from zobench.report.trajectories import section as trajectory_section  # only with 2-D test-function runs
 
-    traj_table, traj_figure = trajectory_section(summaries, tables_dir)
+    traj_table, traj_figure = trajectory_section(records, tables_dir)
     ours += [traj_table] if traj_table else []
     figures += [traj_figure] if traj_figure else []
 
@@ -192,7 +182,7 @@ def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, summaries: list[dict[
     page = _env().get_template("suite.html").render(
         suite=suite, description=meta.get("description", ""), regenerates=meta.get("regenerates"),
         n_runs=len(everything), statuses=statuses, generated=dt.datetime.now().isoformat(timespec="seconds"),
-        named=named, touched=touched, ours=ours, figures=figures, provenance=provenance(summaries),
+        named=named, touched=touched, ours=ours, figures=figures, provenance=provenance([r for _, r in records]),
         layouts=sorted(LAYOUTS))
     atomic_write(out / "index.html", page.encode())
     table = everything.assign(chosen=everything["run_id"].isin(set(frame["run_id"])) if len(everything) else [])
@@ -220,16 +210,18 @@ def build_index(out_root: Path) -> Path:
     return out_root / "index.html"
 
 
-def build_report(results: Path | str, out_root: Path | str = "reports", description: str = "",
+def build_report(results: Path | str, out_root: Path | str = "reports", description: str | None = None,
                  regenerates: str | None = None, layouts: tuple[str, ...] = (), select_by: str = "best-dev") -> Path:
     """Write each suite's page found under `results` (a suite folder or a folder of suites) and the index.
+    Reads results only: the suite's description and tables come from its `suite.json` (`description`,
+    `regenerates` override them for this page).
 
     Returns the suite's page, or the index where `results` held several suites.
     """
     results, out_root = Path(results), Path(out_root)
     frame = runs_frame(results)
     curves = load_curves(results)
-    summaries = load_summaries(results)
+    records = load_records(results)
     suites = list(dict.fromkeys(frame["suite"])) if not frame.empty else [results.name]
     pages = []
     for suite in suites:
@@ -237,7 +229,7 @@ def build_report(results: Path | str, out_root: Path | str = "reports", descript
         meta = suite_meta(folder, description, regenerates) if len(suites) == 1 else suite_meta(folder)
         part = frame[frame["suite"] == suite] if not frame.empty else frame
         part_curves = curves[curves["suite"] == suite] if not curves.empty else curves
-        part_summaries = [s for s in summaries if s.get("suite") == suite]
-        pages.append(build_suite(part, part_curves, part_summaries, str(suite), out_root, meta, layouts, select_by))
+        part_records = [(folder, r) for folder, r in records if r.suite == suite]
+        pages.append(build_suite(part, part_curves, part_records, str(suite), out_root, meta, layouts, select_by))
     index = build_index(out_root)
     return pages[0] if len(pages) == 1 else index

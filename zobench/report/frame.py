@@ -8,53 +8,53 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from zobench.store import load_summaries
+from zobench.store import MEMORY_SOURCES, RunRecord, load_records
 
 AXES = ("model", "task", "method", "scheme")
 # the memory a table shows: the first one measured (the process's own NVML figure is absent in many containers)
-SOURCE_ORDER = ("nvml", "nvml_device", "torch_allocator", "rss")
+SOURCE_ORDER = MEMORY_SOURCES
 SOURCE_NAMES = {"nvml": "NVML, this process", "nvml_device": "NVML, device used minus baseline",
                 "torch_allocator": "torch allocator peak", "rss": "process peak RSS"}
 PERCENT_METRICS = {"accuracy", "acc", "f1", "em", "exact_match", "matthews"}
 
 
+def run_row(record: RunRecord) -> dict[str, Any]:
+    """One run as a row: its labels and parameters, status, scores, counts, seconds, peak memory by source."""
+    spec, metrics, cost, timing = record.spec, record.metrics, record.cost, record.timing
+    row: dict[str, Any] = {
+        "suite": record.suite, "run_id": record.run_id, "status": record.status,
+        **{axis: getattr(spec, axis).label for axis in AXES},
+        **{f"{axis}_name": getattr(spec, axis).name for axis in AXES},
+        "model_id": spec.model.params.get("id"),
+        "task_params": spec.task.params, "method_params": spec.method.params,
+        "sweep": spec.sweep,  # the swept values (grid.py): a cell's configuration
+        "batch_size": spec.settings.get("batch_size"),
+        "seed": record.seed, "metric": metrics.metric, "higher_is_better": metrics.higher_is_better,
+        "test_metric": metrics.test_metric, "initial_dev_metric": metrics.initial_dev_metric,
+        "best_dev_metric": (metrics.best_dev or {}).get(metrics.metric or ""),
+        "best_step": metrics.best_step, "steps": cost.steps, "forward_passes": cost.forward_passes,
+        "backward_passes": cost.backward_passes, "wall_s": timing.wall_s, "train_s": timing.train_s,
+        "median_step_s": timing.median_step_s, "inference_forward_s": timing.inference_forward_s,
+        "state_bytes": cost.state_bytes, "trainable_params": cost.trainable_params,
+        "device": record.env.device_name or record.env.device,
+    }
+    for name, ph in timing.phases.items():
+        row[f"phase_{name}_total_s"] = ph.total_s
+        row[f"phase_{name}_median_s"] = ph.median_s
+    for source, peak in record.memory.sources().items():
+        row[f"peak_{source}_bytes"] = peak.bytes
+        row[f"peak_{source}_source"] = peak.source
+        row[f"baseline_{source}_bytes"] = peak.baseline_bytes
+        row[f"loaded_{source}_bytes"] = peak.loaded_bytes
+    for window, peaks in record.memory_by_phase.items():
+        for source, value in peaks.model_dump(exclude_unset=True).items():
+            row[f"mem_{window}_{source}_bytes"] = value
+    return row
+
+
 def runs_frame(results: Path | str) -> pd.DataFrame:
     """Every run under `results` (a suite folder or a folder of suites), one row each."""
-    rows: list[dict[str, Any]] = []
-    for s in load_summaries(results):
-        spec = s.get("spec", {})
-        mem = s.get("memory", {}) or {}
-        row: dict[str, Any] = {
-            "suite": s.get("suite"), "run_id": s.get("run_id"), "status": s.get("status"),
-            **{axis: spec.get(axis, {}).get("label") for axis in AXES},
-            **{f"{axis}_name": spec.get(axis, {}).get("name") for axis in AXES},
-            "model_id": spec.get("model", {}).get("params", {}).get("id"),
-            "task_params": spec.get("task", {}).get("params", {}),
-            "method_params": spec.get("method", {}).get("params", {}),
-            "sweep": spec.get("sweep") or {},  # the swept values (grid.py): a cell's configuration
-            "batch_size": spec.get("settings", {}).get("batch_size"),
-            "seed": s.get("seed"), "metric": s.get("metric"), "higher_is_better": s.get("higher_is_better"),
-            "test_metric": s.get("test_metric"), "initial_dev_metric": s.get("initial_dev_metric"),
-            "best_dev_metric": (s.get("best_dev") or {}).get(s.get("metric") or "", None),
-            "best_step": s.get("best_step"), "steps": s.get("steps"), "forward_passes": s.get("forward_passes"),
-            "backward_passes": s.get("backward_passes"), "wall_s": s.get("wall_s"), "train_s": s.get("train_s"),
-            "median_step_s": s.get("median_step_s"), "inference_forward_s": s.get("inference_forward_s"),
-            "state_bytes": s.get("state_bytes"), "trainable_params": s.get("trainable_params"),
-            "device": (s.get("env") or {}).get("device_name", (s.get("env") or {}).get("device")),
-        }
-        for name, ph in (s.get("phases") or {}).items():
-            row[f"phase_{name}_total_s"] = ph.get("total_s")
-            row[f"phase_{name}_median_s"] = ph.get("median_s")
-        for source, v in mem.items():
-            row[f"peak_{source}_bytes"] = v.get("bytes")
-            row[f"peak_{source}_source"] = v.get("source")
-            row[f"baseline_{source}_bytes"] = v.get("baseline_bytes")
-            row[f"loaded_{source}_bytes"] = v.get("loaded_bytes")
-        for window, peaks in (s.get("memory_by_phase") or {}).items():
-            for source, value in peaks.items():
-                row[f"mem_{window}_{source}_bytes"] = value
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame([run_row(record) for _, record in load_records(results)])
 
 
 # --------------------------------------------------------------------------- aggregates

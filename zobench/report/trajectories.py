@@ -20,29 +20,27 @@ import pandas as pd
 from zobench.problems.test_functions import FUNCTIONS
 from zobench.report.figures import pyplot, to_png
 from zobench.report.render import export
-from zobench.store import atomic_write
+from zobench.store import RunRecord, atomic_write
 
 TASK = "test-function"
 _LR = re.compile(r"\s+lr=\S+$")
 REACHED = 0.05  # a run "reaches" the optimum when it ends within this distance
 
 
-def _runs(summaries: list[dict[str, Any]]) -> pd.DataFrame:
+def _runs(records: list[tuple[Path, RunRecord]]) -> pd.DataFrame:
     rows = []
-    for s in summaries:
-        spec = s.get("spec", {})
-        if spec.get("task", {}).get("name") != TASK or s.get("status") != "done":
+    for folder, r in records:
+        if r.spec.task.name != TASK or r.status != "done":
             continue
-        label = spec["method"]["label"]
-        rows.append({"dir": s["_dir"], "function": spec["task"]["params"]["function"],
-                     "method": _LR.sub("", label), "lr": spec["method"]["params"].get("lr"), "seed": s.get("seed"),
-                     "distance": s.get("test", {}).get("distance_to_optimum")})
+        rows.append({"dir": str(folder), "function": r.spec.task.params["function"],
+                     "method": _LR.sub("", r.spec.method.label), "lr": r.spec.method.params.get("lr"), "seed": r.seed,
+                     "distance": r.metrics.test.get("distance_to_optimum")})
     return pd.DataFrame(rows)
 
 
-def best_runs(summaries: list[dict[str, Any]]) -> pd.DataFrame:
+def best_runs(records: list[tuple[Path, RunRecord]]) -> pd.DataFrame:
     """One row per (function, method, seed) at the learning rate with the lowest median final distance."""
-    runs = _runs(summaries)
+    runs = _runs(records)
     if runs.empty:
         return runs
     runs["distance"] = runs["distance"].astype(float).fillna(math.inf)
@@ -111,9 +109,10 @@ def figure(best: pd.DataFrame) -> bytes | None:
     return to_png(fig)
 
 
-def section(summaries: list[dict[str, Any]], tables_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def section(records: list[tuple[Path, RunRecord]],
+            tables_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(table entry, figure entry) for the suite page, or (None, None) when there are no 2-D runs."""
-    best = best_runs(summaries)
+    best = best_runs(records)
     if best.empty:
         return None, None
     table = distance_table(best)

@@ -81,7 +81,6 @@ class PromptWorkload(Workload):
     tokenizer: Any = None
     kind: str = "causal"
     max_length: int = 256
-    example_ids: dict[str, list[str]] = field(default_factory=dict)  # per split, each example's source row
     bos_id: int | None = None  # replaces the tokenizer's BOS (MeZO's OPT: 0)
     demonstrations: str = ""  # prepended to dev/test prompts by ICL
     device: torch.device = torch.device("cpu")
