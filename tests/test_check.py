@@ -12,6 +12,7 @@ from zobench.check import compare, holds, metrics_of, tolerance_for
 from zobench.cli import app
 from zobench.config import CheckSpec, Tolerance
 from zobench.optim.first_order import FirstOrder
+from zobench.store import RunRecord
 
 SUITE = {
     "name": "chk",
@@ -43,14 +44,21 @@ def test_holds_and_tolerances():
     assert not holds(1, 2, None) and holds(None, None, None) and not holds(None, 0.0, Tolerance(abs=1))
 
 
+def record(**fields) -> RunRecord:
+    """A run record as summary.json holds it (flat keys), with the identity fields every record has."""
+    axes = {axis: {"name": "x", "label": "x"} for axis in ("model", "task", "method", "scheme")}
+    return RunRecord.model_validate({"run_id": "r_abc", "spec_hash": "abc", "suite": "s", "seed": 0, "spec": axes,
+                                     **fields})
+
+
 def test_compare_names_missing_extra_and_drifted_runs():
     summary = {"status": "done", "steps": 4, "test": {"accuracy": 0.5}, "final_train_loss": 0.25, "wall_s": 3.0}
-    ref = {"a": metrics_of(summary, CheckSpec()), "gone": metrics_of(summary, CheckSpec())}
-    new = {**summary, "test": {"accuracy": 0.75}, "wall_s": 30.0}
-    drifts, compared = compare(ref, {"a": new, "gone": None, "new": summary}, CheckSpec(), timing=False)
+    ref = {"a": metrics_of(record(**summary), CheckSpec()), "gone": metrics_of(record(**summary), CheckSpec())}
+    new = record(**{**summary, "test": {"accuracy": 0.75}, "wall_s": 30.0})
+    drifts, compared = compare(ref, {"a": new, "gone": None, "new": record(**summary)}, CheckSpec(), timing=False)
     assert {(d.run, d.metric) for d in drifts} == {("a", "test.accuracy"), ("gone", "(run)"), ("new", "(run)")}
-    assert compared == 4  # status, steps, test.accuracy, final_train_loss: wall-clock left out
-    drifts, _ = compare(ref, {"a": new, "gone": summary}, CheckSpec(), timing=True)
+    assert compared == 5  # spec_hash, status, steps, test.accuracy, final_train_loss: wall-clock left out
+    drifts, _ = compare(ref, {"a": new, "gone": record(**summary)}, CheckSpec(), timing=True)
     assert {d.metric for d in drifts} == {"test.accuracy", "wall_s"}
 
 
@@ -206,12 +214,14 @@ def test_output_folders_that_are_files_or_read_only_are_exit_2(write_suite, tmp_
 def test_a_platform_bound_run_keeps_only_its_structure_on_another_platform():
     summary = {"status": "done", "steps": 4, "forward_passes": 8, "test": {"loss": 0.5}, "final_train_loss": 0.25}
     spec = CheckSpec(platform_bound=["*-counter-*"])
-    ref = {"t-m-zo-counter-full-s0": metrics_of(summary, spec), "t-m-zo-full-s0": metrics_of(summary, spec)}
+    ref = {"t-m-zo-counter-full-s0": metrics_of(record(**summary), spec),
+           "t-m-zo-full-s0": metrics_of(record(**summary), spec)}
     moved = {**summary, "test": {"loss": 0.9}, "final_train_loss": 0.7}
-    runs = {"t-m-zo-counter-full-s0": moved, "t-m-zo-full-s0": moved}
+    runs = {"t-m-zo-counter-full-s0": record(**moved), "t-m-zo-full-s0": record(**moved)}
     drifts, _ = compare(ref, runs, spec, timing=False, exact=False)
     assert {d.run for d in drifts} == {"t-m-zo-full-s0"}
     drifts, _ = compare(ref, runs, spec, timing=False, exact=True)  # on the reference's platform: every value
     assert {d.run for d in drifts} == {"t-m-zo-full-s0", "t-m-zo-counter-full-s0"}
-    drifts, _ = compare(ref, {**runs, "t-m-zo-counter-full-s0": {**moved, "forward_passes": 9}}, spec, timing=False)
+    drifts, _ = compare(ref, {**runs, "t-m-zo-counter-full-s0": record(**{**moved, "forward_passes": 9})}, spec,
+                        timing=False)
     assert ("t-m-zo-counter-full-s0", "forward_passes") in {(d.run, d.metric) for d in drifts}

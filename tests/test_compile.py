@@ -38,8 +38,8 @@ def _curves(write_suite, tmp_path, compile_: bool, folder: str) -> dict[str, pd.
     for spec in specs:
         assert spec.settings.compile is compile_
         store = Store(tmp_path / folder, spec.suite)
-        summary = runner.run(spec, store)
-        assert summary["status"] == "done", summary.get("error")
+        record = runner.run(spec, store)
+        assert record.status == "done", record.outcome.error
         out[spec.method.label] = pd.read_parquet(store.run_dir(spec.run_id) / "curve.parquet")
     return out
 

@@ -50,7 +50,7 @@ def test_same_spec_and_seed_give_identical_curves(method, tmp_path):
         store = Store(tmp_path / attempt, spec.suite)
         summaries.append(runner.run(spec, store))
         curves.append(pd.read_parquet(store.run_dir(spec.run_id) / "curve.parquet"))
-    assert summaries[0]["status"] == "done", summaries[0].get("error")
+    assert summaries[0].status == "done", summaries[0].outcome.error
     assert len(curves[0]) > 0
     cols = [c for c in curves[0] if not c.endswith("_s")]  # wall-clock columns differ, all else must not
     pd.testing.assert_frame_equal(curves[0][cols], curves[1][cols], check_exact=True)

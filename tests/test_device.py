@@ -33,9 +33,9 @@ def no_gpu(monkeypatch):
 def test_auto_without_a_gpu_warns_in_the_output_and_records_it(write_suite, tmp_path, no_gpu, capsys):
     suite, path, lines = suite_with(write_suite, "auto")
     (spec,) = expand(suite, path, lines)
-    summary = run(spec, Store(tmp_path / "results", "d"))
-    assert summary["status"] == "done" and summary["env"]["device"] == "cpu"
-    assert "no GPU" in summary["device_fallback"] and "running on the CPU" in summary["device_fallback"]
+    record = run(spec, Store(tmp_path / "results", "d"))
+    assert record.status == "done" and record.env.device == "cpu"
+    assert "no GPU" in record.outcome.device_fallback and "running on the CPU" in record.outcome.device_fallback
     err = capsys.readouterr().err
     assert f"WARNING [{spec.run_id}]: device: auto found no GPU" in err
 
@@ -43,8 +43,8 @@ def test_auto_without_a_gpu_warns_in_the_output_and_records_it(write_suite, tmp_
 def test_cpu_asked_for_is_not_a_fallback(write_suite, tmp_path, no_gpu, capsys):
     suite, path, lines = suite_with(write_suite, "cpu")
     (spec,) = expand(suite, path, lines)
-    summary = run(spec, Store(tmp_path / "results", "d"))
-    assert summary["status"] == "done" and "device_fallback" not in summary
+    record = run(spec, Store(tmp_path / "results", "d"))
+    assert record.status == "done" and "device_fallback" not in record.flat()
     assert "WARNING" not in capsys.readouterr().err
 
 
@@ -67,7 +67,7 @@ def test_cuda_checked_where_the_run_executes(write_suite, tmp_path, no_gpu):
     """A job that lands on a node without a visible GPU fails alone, saying which host, and the grid goes on."""
     suite, path, lines = suite_with(write_suite, "cuda", "slurm")
     (spec,) = expand(suite, path, lines)
-    summary = run(spec, Store(tmp_path / "results", "d"))
-    assert summary["status"] == "failed"
-    assert "device 'cuda' was asked for but no GPU is visible on" in summary["error"]
-    assert "CUDA_VISIBLE_DEVICES=" in summary["error"]
+    record = run(spec, Store(tmp_path / "results", "d"))
+    assert record.status == "failed"
+    assert "device 'cuda' was asked for but no GPU is visible on" in record.outcome.error
+    assert "CUDA_VISIBLE_DEVICES=" in record.outcome.error

@@ -119,13 +119,14 @@ def test_a_run_records_phases_windows_and_per_step_times(write_suite, tmp_path):
                                  "methods": [{"name": "zo-sgd", "lr": 0.01}, {"name": "fo-adam", "lr": 0.01}]}})
     suite, lines = load_suite(path)
     for spec in expand(suite, path, lines):
-        summary = run(spec, Store(tmp_path / "results", "m"))
-        assert summary["status"] == "done", summary.get("error")
-        assert {"setup", "inference", "train", "evaluation"} <= set(summary["memory_by_phase"])
-        assert {"step", "forward", "evaluation"} <= set(summary["phases"])
-        assert summary["phases"]["step"]["laps"] == 4
-        assert summary["phases"]["forward"]["total_s"] <= summary["phases"]["step"]["total_s"]
-        assert summary["inference_forward_s"] > 0
+        record = run(spec, Store(tmp_path / "results", "m"))
+        assert record.status == "done", record.outcome.error
+        assert {"setup", "inference", "train", "evaluation"} <= set(record.memory_by_phase)
+        phases = record.timing.phases
+        assert {"step", "forward", "evaluation"} <= set(phases)
+        assert phases["step"].laps == 4
+        assert phases["forward"].total_s <= phases["step"].total_s
+        assert record.timing.inference_forward_s > 0
         import pandas as pd
 
         curve = pd.read_parquet(tmp_path / "results" / "m" / spec.run_id / "curve.parquet")

@@ -120,9 +120,9 @@ def test_the_run_records_its_precision_and_keeps_fp32_run_ids(write_suite, tmp_p
     suite, lines = load_suite(path)
     (spec,) = expand(suite, path, lines)
     assert spec.hashed()["method"]["params"]["mixed_precision"] == "auto"  # float16 weights: part of the id
-    summary = run(spec, Store(tmp_path / "results", "p"))
-    assert summary["status"] == "done", summary.get("error")
-    assert summary["precision"]["autocast"] == "float16" and summary["precision"]["parameters"] == "float32"
+    record = run(spec, Store(tmp_path / "results", "p"))
+    assert record.status == "done", record.outcome.error
+    assert record.cost.precision["autocast"] == "float16" and record.cost.precision["parameters"] == "float32"
 
     reference = json.loads((REPO / "baselines" / "reference" / "regression-cpu.json").read_text())["runs"]
     regression = REPO / "suites" / "regression-cpu.yaml"

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from zobench.cli import app, plan
 from zobench.optim.first_order import FirstOrder
 from zobench.report.frame import method_task_table, runs_frame
-from zobench.store import Store
+from zobench.store import RunRecord, Store
 
 FAST = {
     "name": "fast",
@@ -253,9 +253,10 @@ def test_two_processes_on_one_suite_run_each_run_once(write_suite, tmp_path):
         assert "results:" in (tmp_path / f"p{i}.log").read_text()
 
 
-def _record(status: str, spec_hash: str = "abc") -> dict:
+def _record(status: str, spec_hash: str = "abc") -> RunRecord:
     axes = {axis: {"name": "x", "label": "x"} for axis in ("model", "task", "method", "scheme")}
-    return {"run_id": "r_abc", "spec_hash": spec_hash, "suite": "s", "seed": 0, "status": status, "spec": axes}
+    return RunRecord.model_validate({"run_id": "r_abc", "spec_hash": spec_hash, "suite": "s", "seed": 0,
+                                     "status": status, "spec": axes})
 
 
 @pytest.mark.parametrize("status", ["failed", "diverged", "oom"])
@@ -263,9 +264,9 @@ def test_a_failed_summary_is_never_taken_for_done(tmp_path, status):
     store = Store(tmp_path, "s")
     store.write_spec("r_abc", {})
     store.write_curve("r_abc", [{"step": 0, "loss": 1.0}])
-    store.write_summary("r_abc", _record(status))
+    store.write_record("r_abc", _record(status))
     assert not store.is_done("r_abc", "abc")
-    store.write_summary("r_abc", _record("done"))
+    store.write_record("r_abc", _record("done"))
     assert store.is_done("r_abc", "abc") and not store.is_done("r_abc", "other")
 
 

@@ -18,10 +18,10 @@ def test_smoke_suite_runs_every_cell(tmp_path):
     assert {s.scheme.name for s in specs} == {"full", "lora"}
     store = Store(tmp_path, suite.name)
     for spec in specs:
-        summary = run(spec, store)
-        assert summary["status"] == "done", (spec.run_id, summary.get("error"))
-        assert math.isfinite(summary["test_metric"])
+        record = run(spec, store)
+        assert record.status == "done", (spec.run_id, record.outcome.error)
+        assert math.isfinite(record.metrics.test_metric)
         if spec.method.name == "fo-adam":  # the float16 OPT trains in mixed precision, not in float16
             want = "float16" if spec.model.label == "tiny-opt-fp16" else None
-            assert summary["precision"]["autocast"] == want, spec.run_id
-            assert math.isfinite(summary["final_train_loss"])
+            assert record.cost.precision["autocast"] == want, spec.run_id
+            assert math.isfinite(record.metrics.final_train_loss)
