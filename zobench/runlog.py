@@ -14,9 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-import zobench
-
-OURS = str(Path(zobench.__file__).resolve().parent)
+OURS = str(Path(__file__).resolve().parent)  # zobench's own folder (this module sits at its top)
 LOGGERS = ("transformers", "peft", "datasets", "huggingface_hub", "accelerate", "torch")
 
 

@@ -1,8 +1,8 @@
 """One run in whatever process an executor gives it: `python -m zobench.worker --results ROOT SPEC.json`.
 
-The subprocess pool starts this module; Slurm (submitit) and Ray call `run_spec_json` directly. Every
-path ends in `run_claimed` (the run's lock, then `zobench.runner.run(spec, store)`), so atomic files and
-claiming are the same whichever engine ran the run.
+The subprocess pool starts this module; Slurm (submitit) and Ray call `run_spec_json` directly; the local
+executor calls `run_claimed`. Every path ends in `run_claimed` (the run's lock, then
+`zobench.runner.run(spec, store)`), so atomic files and claiming are the same whichever engine ran the run.
 """
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported only once the thread count is in the environment
+    from zobench.grid import RunSpec
+    from zobench.store import RunRecord, Store
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -43,6 +47,25 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 HELD_ELSEWHERE = 3  # the worker's exit code when another process holds the run
 
 
+def run_claimed(spec: RunSpec, store: Store, progress: Any = None, wait: bool = False) -> RunRecord | None:
+    """Run one spec at most once across processes: under its lock, and only if it is not done by now.
+
+    Returns None when another process holds the run (and not `wait`); the stored record when another
+    process finished it meanwhile; else the new record. Every executor's worker ends here.
+    """
+    from zobench import runner
+    from zobench.runlog import third_party_output_to
+
+    with store.claim(spec.run_id, wait=wait) as mine:
+        if not mine:
+            return None
+        if store.is_done(spec.run_id, spec.spec_hash):
+            return store.record(spec.run_id)
+        store.begin(spec.run_id)
+        with third_party_output_to(store.run_dir(spec.run_id) / "run.log"):  # transformers' warnings: not the console
+            return runner.run(spec, store, progress)
+
+
 def run_spec_json(spec_json: str, results: str, threads: int | None = None, wait: bool = False) -> dict[str, Any]:
     """Rebuild a RunSpec from JSON and run it into `results/<suite>/` under the run's lock.
 
@@ -51,7 +74,6 @@ def run_spec_json(spec_json: str, results: str, threads: int | None = None, wait
     exceptions back; a plain dict crosses all of them.
     """
     from zobench.errors import UserError
-    from zobench.executors.local import run_claimed
     from zobench.grid import RunSpec
     from zobench.store import Store
 

@@ -8,34 +8,18 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from zobench import runner
 from zobench.executors.lines import LineProgress, wants_lines
 from zobench.grid import RunSpec
 from zobench.registry import executors
-from zobench.runlog import third_party_output_to
 from zobench.store import RunRecord, Store
-from zobench.worker import torch_threads
+from zobench.worker import run_claimed, torch_threads
+
+__all__ = ["Executor", "ExecutorOptions", "LocalExecutor", "pending", "run_claimed"]
 
 
 def pending(specs: list[RunSpec], store: Store) -> list[RunSpec]:
     """Runs with no 'done' summary for this exact spec; everything else is cached."""
     return [s for s in specs if not store.is_done(s.run_id, s.spec_hash)]
-
-
-def run_claimed(spec: RunSpec, store: Store, progress: Any = None, wait: bool = False) -> RunRecord | None:
-    """Run one spec at most once across processes: under its lock, and only if it is not done by now.
-
-    Returns None when another process holds the run (and not `wait`); the stored record when another
-    process finished it meanwhile; else the new record. Every executor's worker should call this.
-    """
-    with store.claim(spec.run_id, wait=wait) as mine:
-        if not mine:
-            return None
-        if store.is_done(spec.run_id, spec.spec_hash):
-            return store.record(spec.run_id)
-        store.begin(spec.run_id)
-        with third_party_output_to(store.run_dir(spec.run_id) / "run.log"):  # transformers' warnings: not the console
-            return runner.run(spec, store, progress)
 
 
 class ExecutorOptions(BaseModel):

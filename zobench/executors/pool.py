@@ -19,7 +19,6 @@ from typing import Any
 
 from pydantic import PositiveInt
 
-import zobench
 from zobench.errors import UserError
 from zobench.executors.fanout import FanoutExecutor, board, lost_run
 from zobench.executors.local import ExecutorOptions
@@ -140,7 +139,7 @@ class SubprocessExecutor(FanoutExecutor):
         """Start `python -m zobench.worker` for one spec; its output goes to the run's worker.log."""
         root = str(Path(store.root).resolve())
         env = {**os.environ, **slot.env}
-        package_parent = str(Path(zobench.__file__).resolve().parents[1])  # works from a plain checkout too
+        package_parent = str(Path(__file__).resolve().parents[2])  # works from a plain checkout too
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
         cmd = [self.options.python or sys.executable, "-m", "zobench.worker", "-", "--results", root,
                "--threads", str(slot.threads), *(["--wait"] if wait else [])]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from zobench.errors import UserError
-from zobench.tasks.scoring import Choice, prompt_learning
+from zobench.tasks.choice import Choice, prompt_learning
 
 
 def verbalizer_ids(tokenizer: Any, options: list[str]) -> list[int]:

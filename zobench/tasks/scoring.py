@@ -13,27 +13,15 @@ Examples may have different numbers of options (ReCoRD); missing options score -
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from zobench.tasks.choice import Choice, prompt_learning
+from zobench.tasks.masked import mask_scores
 
-@dataclass
-class Choice:
-    prompt: str  # the text before the option (for a masked LM: before the mask)
-    options: list[str]
-    label: int  # the option trained towards
-    suffix: str = ""  # text after the mask (masked LMs); causal scoring ignores it
-    correct: tuple[int, ...] | None = None  # every acceptable option (ReCoRD); None = (label,)
-
-    def is_correct(self, predicted: int) -> bool:
-        return predicted in (self.correct if self.correct is not None else (self.label,))
-
-    def answer_text(self) -> str:
-        """The prompt completed with its correct option: one in-context demonstration."""
-        return self.prompt + self.options[self.label]
+__all__ = ["Choice", "answer_loss", "choice_loss", "encode", "option_logprobs", "option_scores", "prompt_learning"]
 
 
 def context_ids(tokenizer: Any, prompt: str) -> list[int]:
@@ -106,14 +94,6 @@ def _accepts(model: torch.nn.Module, name: str) -> bool:
     return name in inspect.signature(_base(model).forward).parameters
 
 
-def prompt_learning(model: torch.nn.Module) -> int:
-    """Virtual tokens a peft prompt-learning model prepends to the sequence (prompt tuning); else 0."""
-    config = getattr(model, "active_peft_config", None)
-    if config is None or not getattr(config, "is_prompt_learning", False):
-        return 0
-    return int(config.num_virtual_tokens) if str(config.peft_type).endswith("PROMPT_TUNING") else 0
-
-
 def option_logprobs(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the summed log-probability of its option tokens, and how many there are."""
     keep = batch["keep"]
@@ -158,8 +138,6 @@ def _per_example(flat: torch.Tensor, counts: list[int]) -> torch.Tensor:
 def option_scores(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """[examples, options]: mean log-likelihood of each option (causal) or its logit at the mask (masked)."""
     if batch["kind"] == "masked":
-        from zobench.tasks.masked import mask_scores
-
         return mask_scores(model, batch)
     total, count = option_logprobs(model, batch)
     return _per_example(total / count.clamp(min=1), batch["counts"])
