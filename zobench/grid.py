@@ -161,7 +161,7 @@ def resolve(axis: str, comp: Component, path: Path, lines: dict[Loc, int], loc: 
         else:
             raise UserError(f"{where(path, lines, (*loc, 'name'))}: {e}") from None
     params = {**(defaults or {}), **comp.params}
-    schema: type[BaseModel] | None = getattr(entry, "Params", None)
+    schema: type[BaseModel] | None = entry.Params  # declared by every entry (registry.py)
     if schema is None:
         if comp.params:
             raise UserError(f"{where(path, lines, loc)}: {axis} '{comp.name}' takes no parameters, "
@@ -175,15 +175,13 @@ def resolve(axis: str, comp: Component, path: Path, lines: dict[Loc, int], loc: 
         raise UserError(f"{where(path, lines, (*loc, *err['loc']))}: "
                         f"{_pydantic_message(err, schema)}") from None
     params = checked.model_dump(mode="json")
-    check = getattr(entry, "check", None)
-    if check is not None:
-        try:
-            check(params)
-        except FieldError as e:
-            at = where(path, lines, (*loc, e.field) if e.field in given else loc)
-            if e.field not in given and e.field in (origins or {}):
-                at = (origins or {})[e.field]
-            raise UserError(f"{at}: {e}") from None
+    try:
+        entry.check(params)
+    except FieldError as e:
+        at = where(path, lines, (*loc, e.field) if e.field in given else loc)
+        if e.field not in given and e.field in (origins or {}):
+            at = (origins or {})[e.field]
+        raise UserError(f"{at}: {e}") from None
     return Resolved(name=comp.name, label=comp.display, params=params)
 
 
@@ -304,9 +302,7 @@ def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
     specs: dict[str, tuple[RunSpec, list[Loc]]] = {}
     configs: dict[tuple, tuple[dict[str, Any], RunSpec, list[Loc]]] = {}
     for (model, task, method, scheme, seed) in cells:
-        task_entry = registry.tasks.get(task[0].name)
-        needs_model = getattr(task_entry, "needs_model", True)
-        if not needs_model:
+        if not registry.tasks.get(task[0].name).needs_model:
             model = (Resolved(name="none", label="none", params={}), Component(name="none"), (), {})
         elif model[0].name == "none":
             raise UserError(f"{where(path, lines, task[2])}: task '{task[0].name}' needs a model; "
@@ -314,8 +310,8 @@ def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
         cell = {"model": model[0], "task": task[0], "method": method[0], "scheme": scheme[0], "seed": seed}
         if any(_matches(rule, cell) for rule in suite.exclude):
             continue
-        incompatible = getattr(registry.methods.get(method[0].name), "incompatible", None)
-        reason = incompatible(task[0].name, task[0].params) if incompatible else None
+        method_entry = registry.methods.get(method[0].name)
+        reason = method_entry.incompatible(task[0].name, task[0].params)
         if reason:
             raise UserError(f"{where(path, lines, method[2])}: method '{method[0].label}' {reason}; it meets task "
                             f"'{task[0].label}' in the grid: add `exclude: [{{method: {method[0].label}, task: "
@@ -326,8 +322,7 @@ def expand(suite: Suite, path: Path | str, lines: dict[Loc, int] | None = None,
         point = {k: v for _, _, _, pt in parts for k, v in pt.items()}
         spec = RunSpec(suite=suite.name, settings=_settings(suite, comps, path, lines, locs, data_dir, executor),
                        sweep=point, **cell)
-        uncompilable = getattr(registry.methods.get(method[0].name), "uncompilable", None)
-        reason = spec.settings.compile and uncompilable and uncompilable(method[0].params)
+        reason = spec.settings.compile and method_entry.uncompilable(method[0].params)
         if reason:
             raise UserError(f"{where(path, lines, method[2])}: method '{method[0].label}' {reason}, and its runs "
                             "have compile: true; give it engine: inplace, or settings: {compile: false}")

@@ -20,10 +20,14 @@ class UnknownName(UserError, KeyError):
 
 
 class Registry(Generic[T]):
-    """Name → class (or factory). Plugins add entries through the `zobench.<kind>` entry-point group."""
+    """Name → class (or factory). Plugins add entries through the `zobench.<kind>` entry-point group.
 
-    def __init__(self, kind: str) -> None:
+    `declares`: what every entry of this kind must have (a plugin's class that lacks one is refused when it
+    registers, naming the base class that gives the defaults), so grid.py and the runner call them directly."""
+
+    def __init__(self, kind: str, declares: tuple[str, ...] = (), base: str = "") -> None:
         self.kind = kind
+        self.declares, self.base = declares, base
         self._entries: dict[str, T] = {}
         self._plugins_loaded = False
 
@@ -31,6 +35,10 @@ class Registry(Generic[T]):
         def decorate(obj: T) -> T:
             if name in self._entries and self._entries[name] is not obj:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
+            missing = [attr for attr in self.declares if not hasattr(obj, attr)]
+            if missing:
+                raise TypeError(f"{self.kind[:-1]} '{name}' ({getattr(obj, '__qualname__', obj)}) does not declare "
+                                f"{', '.join(missing)}; subclass {self.base}, which gives the defaults")
             self._entries[name] = obj
             try:
                 obj.registered_name = name  # type: ignore[attr-defined]
@@ -67,11 +75,12 @@ class Registry(Generic[T]):
         return sorted(self._entries.items())
 
 
-methods: Registry[Any] = Registry("methods")
-tasks: Registry[Any] = Registry("tasks")
-models: Registry[Any] = Registry("models")
-schemes: Registry[Any] = Registry("schemes")
-executors: Registry[Any] = Registry("executors")
+methods: Registry[Any] = Registry("methods", ("Params", "check", "incompatible", "uncompilable", "takes_steps"),
+                                  "zobench.optim.base.Method")
+tasks: Registry[Any] = Registry("tasks", ("Params", "check", "needs_model", "build"), "zobench.tasks.base.Task")
+models: Registry[Any] = Registry("models", ("Params", "check", "load"), "zobench.models.base.ModelLoader")
+schemes: Registry[Any] = Registry("schemes", ("Params", "check", "apply"), "zobench.schemes.base.Scheme")
+executors: Registry[Any] = Registry("executors", ("Options", "run"), "zobench.executors.local.Executor")
 
 REGISTRIES = {r.kind: r for r in (methods, tasks, models, schemes, executors)}
 

@@ -40,6 +40,10 @@ class Method:
         return None
 
     @classmethod
+    def check(cls, params: dict) -> None:
+        """Planning-time check of validated params: raise FieldError(field, why + fix). Default: nothing."""
+
+    @classmethod
     def uncompilable(cls, params: dict) -> str | None:
         """Why this method's forwards cannot run through a compiled model (None: they can), asked at
         planning time for runs with `compile: true`."""

@@ -7,10 +7,11 @@ from typing import Any
 import torch
 
 from zobench.registry import schemes
+from zobench.schemes.base import Scheme
 
 
 @schemes.register("full")
-class Full:
+class Full(Scheme):
     """Full-parameter tuning (MeZO's default)."""
 
     Params = None

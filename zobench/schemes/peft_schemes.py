@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 
 from zobench.errors import UserError
 from zobench.registry import schemes
+from zobench.schemes.base import Scheme
 
 
 def _task_type(model: torch.nn.Module) -> Any:
@@ -48,7 +49,7 @@ class LoRAParams(BaseModel):
 
 
 @schemes.register("lora")
-class LoRA:
+class LoRA(Scheme):
     """LoRA (Hu et al. 2022): low-rank adapters on the target modules; the base weights stay frozen."""
 
     Params: ClassVar[type[BaseModel]] = LoRAParams
@@ -70,7 +71,7 @@ class PrefixParams(BaseModel):
 
 
 @schemes.register("prefix")
-class Prefix:
+class Prefix(Scheme):
     """Prefix tuning (Li & Liang 2021): trainable keys/values prepended at every layer (peft)."""
 
     Params: ClassVar[type[BaseModel]] = PrefixParams
@@ -92,7 +93,7 @@ class PromptParams(BaseModel):
 
 
 @schemes.register("prompt")
-class PromptTuning:
+class PromptTuning(Scheme):
     """Prompt tuning (Lester et al. 2021): trainable input embeddings prepended to every sequence (peft)."""
 
     Params: ClassVar[type[BaseModel]] = PromptParams
