@@ -144,3 +144,24 @@ def test_run_no_report_then_report_gives_the_page_run_builds(write_suite, tmp_pa
     assert a.keys() == b.keys() and a == b
     assert "A suite whose page says what it is." in a["oneway/index.html"]
     assert json.loads(a["oneway/meta.json"])["regenerates"] == "mezo-table22"
+
+
+def test_a_run_that_fails_after_its_task_is_built_still_names_its_metric(write_suite, tmp_path, monkeypatch):
+    """The failed run lands in its task's column of the tables (the runner's values come back as returns)."""
+    from zobench.config import load_suite
+    from zobench.grid import expand
+    from zobench.optim.base import Method
+    from zobench.runner import run
+
+    def broken(self, module):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Method, "match_model", broken)
+    path = write_suite(SUITE)
+    suite, lines = load_suite(path)
+    (spec,) = expand(suite, path, lines)
+    record = run(spec, Store(tmp_path / "results", "oneway"))
+    assert record.status == "failed" and record.outcome.error == "RuntimeError: boom"
+    assert record.metrics.metric is not None and record.metrics.test_metric is None
+    flat = json.loads((tmp_path / "results" / "oneway" / spec.run_id / "summary.json").read_text())
+    assert flat["metric"] == record.metrics.metric and "test_metric" not in flat and flat["wall_s"] > 0

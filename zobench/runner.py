@@ -30,6 +30,7 @@ from zobench.measure import Clock, PeakMemory, environment, inference_probe, tim
 from zobench.models.base import compile_blocks
 from zobench.optim.base import Method
 from zobench.store import Cost, Metrics, Outcome, RunRecord, Store, Timing
+from zobench.workload import Workload
 
 
 class Diverged(Exception):
@@ -82,15 +83,6 @@ class Batches:
 
 
 @dataclass
-class Built:
-    """What a run trains: the loaded model (None for a synthetic problem), the task's workload, the method."""
-
-    bundle: Any
-    workload: Any
-    method: Method
-
-
-@dataclass
 class Trained:
     """What training and the final evaluation produced, for the record and for examples.json."""
 
@@ -118,17 +110,21 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> RunRecord:
     curve: list[dict[str, Any]] = []
     started = time.perf_counter()
     memory, clock = PeakMemory(device), Clock(device)
-    built, timing = None, Timing()
+    bundle = workload = method = None
+    example_ids: dict[str, list[str]] = {}
+    timing = Timing()
     try:
         if device_error:
             raise UserError(device_error)
         with memory, clock:
-            built = _build(spec, device, clock)
-            # a run that fails later still lands in its task's table column
-            record.metrics = Metrics(metric=built.workload.metric, higher_is_better=built.workload.higher_is_better)
-            trained = _train(spec, built, device, curve, progress, memory, clock)
+            bundle, workload = _workload(spec, device)
+            # a run that fails later still lands in its task's table column, and says which rows it saw
+            record.metrics = Metrics(metric=workload.metric, higher_is_better=workload.higher_is_better)
+            example_ids = workload.example_ids
+            method = _method(spec, workload, clock)
+            trained = _train(spec, bundle, workload, method, device, curve, progress, memory, clock)
         record.metrics, record.cost, timing = trained.metrics, trained.cost, trained.timing
-        record.info = built.workload.info
+        record.info = workload.info
         outcome.status = "done"
     except Diverged as e:
         outcome.status, outcome.diverged_at_step, outcome.error = "diverged", e.step, str(e)
@@ -140,8 +136,7 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> RunRecord:
         else:
             store.write_text(run_id, "traceback.txt", traceback.format_exc())
             outcome.error = f"{type(e).__name__}: {e}"
-    example_ids = built.workload.example_ids if built is not None else None
-    del built
+    bundle = workload = method = None  # what the run held: freed before the next run starts
     if outcome.status == "oom":  # free what the failed run held so the next one starts clean
         gc.collect()
         if device.type == "cuda":
@@ -162,15 +157,19 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> RunRecord:
     return record
 
 
-def _build(spec: RunSpec, device: torch.device, clock: Clock) -> Built:
-    """Model (wrapped by its scheme), the task's workload on it, and the method over its trainable parameters."""
-    settings = spec.settings
+def _workload(spec: RunSpec, device: torch.device) -> tuple[Any, Workload]:
+    """The model wrapped by its scheme (None for a synthetic problem) and the task's workload on it."""
     seed_everything(spec.seed)
     bundle = registry.models.get(spec.model.name).load(spec.model.params, device, spec.seed)
     if bundle is not None:  # a scheme may wrap the model (peft): the task must see the wrapped one
         bundle.model = registry.schemes.get(spec.scheme.name).apply(bundle.model, spec.scheme.params) or bundle.model
     workload = registry.tasks.get(spec.task.name).build(spec.task.params, bundle, device, spec.seed)
-    if settings.compile:  # before any forward: the probe, preparation and evaluations run compiled too
+    return bundle, workload
+
+
+def _method(spec: RunSpec, workload: Workload, clock: Clock) -> Method:
+    """The method over the workload's trainable parameters, prepared (compiled first when asked)."""
+    if spec.settings.compile:  # before any forward: the probe, preparation and evaluations run compiled too
         torch._dynamo.reset()  # this run's own graphs: none left by an earlier run in this process
         compile_blocks(workload.module)
     method_cls = registry.methods.get(spec.method.name)
@@ -179,12 +178,12 @@ def _build(spec: RunSpec, device: torch.device, clock: Clock) -> Built:
     if method.prepares:  # training-free baselines: ICL sets demonstrations, linear probing fits its probe
         with clock.phase("prepare"):
             method.prepare(workload)
-    return Built(bundle, workload, method)
+    return method
 
 
-def _train(spec: RunSpec, built: Built, device: torch.device, curve: list[dict[str, Any]], progress: Any,
-           memory: PeakMemory, clock: Clock) -> Trained:
-    settings, bundle, workload, method = spec.settings, built.bundle, built.workload, built.method
+def _train(spec: RunSpec, bundle: Any, workload: Workload, method: Method, device: torch.device,
+           curve: list[dict[str, Any]], progress: Any, memory: PeakMemory, clock: Clock) -> Trained:
+    settings = spec.settings
     amp = method.autocast  # evaluations run at the training forward's precision
     total_steps = settings.steps if method.takes_steps else 0  # zero-shot, ICL, LP: no steps
     workload.module.train(method.needs_grad)  # ZO: both forwards must see the same network (no dropout)
