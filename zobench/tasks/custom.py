@@ -325,8 +325,9 @@ class CustomTask(ChoiceTask):
             if len(ds) == 0:
                 raise FieldError("files", f"files.{split}: {source} has no rows")
             columns = list(ds.column_names)
-            headerless = (isinstance(p.files[split], str) and p.column_names is None
-                          and Path(str(p.files[split])).suffix.lower() in (".csv", ".tsv"))
+            headerless = (isinstance(p.files[split], str) and p.column_names is None  # a data row read as one
+                          and Path(str(p.files[split])).suffix.lower() in (".csv", ".tsv")
+                          and not all(name.isidentifier() for name in columns))
             hint = ("; if the file has no header row, name its columns with column_names: [...]" if headerless
                     else "")
             used = {"template": template_fields(p.template)}
@@ -338,8 +339,9 @@ class CustomTask(ChoiceTask):
                 missing = sorted(names - set(columns))
                 if missing:
                     fix = f"set {field} to one of them" if field == "label_field" else f"fix the {field}"
-                    raise FieldError(field, f"uses field '{missing[0]}', which files.{split} ({source}) does not "
-                                            f"have; its fields: {columns}; {fix}{hint}")
+                    raise FieldError(field, f"'{missing[0]}' is undefined: the {field} uses it but files.{split} "
+                                            f"({source}) has no field '{missing[0]}'; its fields: {columns}; {fix}"
+                                            f"{hint}")
             first = dict(ds[0], __where__=f"{source}: row 1")
             for field in used.keys() & {"template", "answer"}:
                 try:
