@@ -225,3 +225,31 @@ def test_a_headerless_csv_task_runs_end_to_end(tmp_path):
     assert summary["status"] == "done", summary.get("error")
     assert summary["metric"] == "accuracy" and summary["info"]["test_size"] == 8 and summary["steps"] == 3
     assert 0.0 <= summary["test"]["accuracy"] <= 1.0 and summary["test"]["loss"] > 0
+
+
+def test_a_shipped_suite_reads_data_dir_from_its_own_folder_and_asks_for_data_dir_where_none_is(tmp_path,
+                                                                                                 monkeypatch):
+    """A suite run by name from another folder resolves its relative data_dir from the suite file; inside a
+    wheel, where that folder holds no data, the error says to give --data-dir, and --data-dir then works."""
+    from zobench import bundled
+
+    shipped = tmp_path / "site" / "zobench" / "_bundled"
+    monkeypatch.setattr(bundled, "BUNDLED", shipped)
+    write(shipped / "data", "train.csv", ag_rows(24), header=False)
+    write(shipped / "data", "test.csv", ag_rows(8), header=False)
+    task = {"name": "custom", "files": {"train": "train.csv", "test": "test.csv"},
+            "column_names": ["class", "title", "description"], "template": "{{ title }} Topic:",
+            "verbalizer": VERBALIZER, "label_field": "class"}
+    body = yaml.safe_load(suite(tmp_path, task).read_text())
+    (shipped / "suites").mkdir()
+    (shipped / "suites" / "ag.yaml").write_text(yaml.safe_dump({**body, "data_dir": "../data"}))
+    (shipped / "suites" / "elsewhere.yaml").write_text(yaml.safe_dump({**body, "data_dir": "../../../data"}))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    result = CliRunner().invoke(app, ["validate", "ag"])
+    assert result.exit_code == 0 and "suite 'own', 1 runs" in result.output, result.output
+    result = CliRunner().invoke(app, ["validate", "elsewhere"])
+    assert result.exit_code == 2 and f"'{tmp_path / 'site' / 'data'}' does not exist" in result.output
+    assert "give the folder the suite's data_dir names with --data-dir DIR" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["validate", "elsewhere", "--data-dir", str(shipped / "data")])
+    assert result.exit_code == 0, result.output
