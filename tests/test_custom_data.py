@@ -253,3 +253,21 @@ def test_a_shipped_suite_reads_data_dir_from_its_own_folder_and_asks_for_data_di
     assert "give the folder the suite's data_dir names with --data-dir DIR" in " ".join(result.output.split())
     result = CliRunner().invoke(app, ["validate", "elsewhere", "--data-dir", str(shipped / "data")])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("file,column_names,rows,labels", [
+    ("trec/train.csv", ["label", "question"], 5452, {0: 1162, 1: 1250, 2: 86, 3: 1223, 4: 835, 5: 896}),
+    ("sst5/train.tsv", ["label", "sentence"], 8544, {0: 1092, 1: 2218, 2: 1624, 3: 2322, 4: 1288}),
+])
+def test_real_headerless_files_read_as_their_sources_count_them(data_dir, file, column_names, rows, labels):
+    """LM-BFF's TREC (headerless csv, quoted questions) and SST-5 (headerless tsv, PTB quotes): row and label
+    counts as ../shared/data/SOURCES.md lists them."""
+    from collections import Counter
+
+    p = params(data_dir, files={"train": file, "test": file}, column_names=column_names,
+               template="{{ " + column_names[1] + " }}", verbalizer={str(k): f" {k}" for k in labels},
+               label_field="label")
+    ds = open_split(p, "train")
+    assert ds.column_names == column_names and len(ds) == rows
+    assert dict(Counter(ds["label"])) == labels
+    CustomTask.check(p.model_dump(mode="json"))
