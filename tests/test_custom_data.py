@@ -68,8 +68,33 @@ def test_every_format_reads_the_same_rows(tmp_path, name, header):
     names = None if header else ["class", "title", "description"]
     p = params(tmp_path, files={"train": name, "test": name}, column_names=names)
     got = open_split(p, "train").to_list()
-    assert got == rows
+    typed = name.endswith((".json", ".jsonl", ".parquet"))  # csv/tsv fields are text, exactly as written
+    assert got == (rows if typed else [{k: str(v) for k, v in r.items()} for r in rows])
     CustomTask.check(p.model_dump(mode="json"))  # the template, label and verbalizer fit
+
+
+def test_csv_fields_stay_the_text_written(tmp_path):
+    """What the template renders is what the file says: no number parsing, no missing-value guessing."""
+    (tmp_path / "train.csv").write_text('label,text\n007,3.50\n1,NA\n2,\n3,"1e5"\n')
+    (tmp_path / "test.tsv").write_text('"x"\t"quoted"\n')
+    p = params(tmp_path, files={"train": "train.csv", "test": "test.tsv"})
+    assert open_split(p, "train").to_list() == [{"label": "007", "text": "3.50"}, {"label": "1", "text": "NA"},
+                                                {"label": "2", "text": ""}, {"label": "3", "text": "1e5"}]
+    assert open_split(p.model_copy(update={"column_names": ["a", "b"]}), "test").to_list() == [
+        {"a": '"x"', "b": '"quoted"'}]  # tsv: quotes are text
+    (tmp_path / "twice.csv").write_text("a,a\n1,2\n")
+    with pytest.raises(UserError, match="header row names a column twice"):
+        open_split(params(tmp_path, files={"train": "twice.csv", "test": "test.tsv"}), "train")
+
+
+def test_an_answer_field_the_data_lacks_is_refused(tmp_path):
+    write(tmp_path, "train.jsonl", [{"question": f"q{i}", "answers": [f"a{i}"]} for i in range(4)])
+    base = {"data_dir": str(tmp_path), "files": {"train": "train.jsonl", "test": "train.jsonl"},
+            "template": "{{ question }}"}
+    CustomTask.check({**base, "answer": "answers"})
+    CustomTask.check({**base, "answer": "{{ answers[0] }}"})
+    with pytest.raises(FieldError, match="'answer' is undefined: the answer uses it"):
+        CustomTask.check({**base, "answer": "answer"})
 
 
 def test_a_headerless_csv_without_column_names_is_refused_with_the_fix(tmp_path):
@@ -111,7 +136,7 @@ def test_labels_without_an_option_are_refused_naming_the_row(tmp_path):
     rows[4]["class"] = 5
     write(tmp_path, "train.csv", rows)
     write(tmp_path, "test.csv", ag_rows(4))
-    with pytest.raises(FieldError, match=r"train.csv: row 5: label 5 is not a verbalizer key") as e:
+    with pytest.raises(FieldError, match=r"train.csv: row 5: label '5' is not a verbalizer key") as e:
         CustomTask.check(params(tmp_path).model_dump(mode="json"))
     assert e.value.field == "verbalizer"
     with pytest.raises(FieldError, match="label 4 is out of range for 4 options"):
@@ -269,5 +294,5 @@ def test_real_headerless_files_read_as_their_sources_count_them(data_dir, file, 
                label_field="label")
     ds = open_split(p, "train")
     assert ds.column_names == column_names and len(ds) == rows
-    assert dict(Counter(ds["label"])) == labels
+    assert dict(Counter(ds["label"])) == {str(k): n for k, n in labels.items()}
     CustomTask.check(p.model_dump(mode="json"))

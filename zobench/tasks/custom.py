@@ -217,30 +217,36 @@ def _cause(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def _first_row(path: Path, delimiter: str) -> list[str]:
+def _first_row(path: Path, delimiter: str, quoting: int) -> list[str]:
     with path.open(newline="", encoding="utf-8") as f:
-        return next(csv.reader(f, delimiter=delimiter), [])
+        return next(csv.reader(f, delimiter=delimiter, quoting=quoting), [])
 
 
 @functools.lru_cache(maxsize=32)
 def _read_file(path: Path, stamp: tuple[int, int], column_names: tuple[str, ...] | None) -> Dataset:
     """A local file as a `datasets.Dataset` (memory-mapped Arrow). `stamp` (mtime, size) keys the cache, so
     planning and a run in the same process open a file once, and an edited file is read again."""
-    from datasets import List, Sequence, load_dataset
+    from datasets import Features, List, Sequence, Value, load_dataset
 
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise UserError(f"{path}: unknown data format '{suffix}'; use one of {', '.join(FORMATS)}")
     builder, options = FORMATS[suffix]
     options = dict(options)
-    if builder == "csv":
-        options["keep_default_na"] = False  # a text 'NA' or 'null' stays text, an empty field stays ''
+    if builder == "csv":  # every field as the text written: no '007' → 7, '3.50' → 3.5, 'NA' → None
+        first = _first_row(path, options.get("sep", ","), options.get("quoting", csv.QUOTE_MINIMAL))
+        if not first:
+            raise UserError(f"{path}: the file is empty")
         if column_names is not None:
-            width = len(_first_row(path, options.get("sep", ",")))
-            if width != len(column_names):
-                raise UserError(f"{path}: its first row has {width} fields but column_names names "
+            if len(first) != len(column_names):
+                raise UserError(f"{path}: its first row has {len(first)} fields but column_names names "
                                 f"{len(column_names)} ({list(column_names)}); name every column, in order")
             options["column_names"] = list(column_names)
+        elif len(set(first)) != len(first):
+            raise UserError(f"{path}: its header row names a column twice ({first}); give each a distinct name, "
+                            f"or, if the file has no header row, name its columns with column_names: [...]")
+        options["keep_default_na"] = False
+        options["features"] = Features({name: Value("string") for name in column_names or first})
     elif column_names is not None:
         raise UserError(f"{path}: column_names is for headerless .csv/.tsv files; a {suffix} file names its "
                         f"fields itself, so drop column_names")
@@ -331,8 +337,8 @@ class CustomTask(ChoiceTask):
             hint = ("; if the file has no header row, name its columns with column_names: [...]" if headerless
                     else "")
             used = {"template": template_fields(p.template)}
-            if p.answer is not None and p.answer not in columns:
-                used["answer"] = template_fields(p.answer)
+            if p.answer is not None and p.answer not in columns:  # a field's name, or a template over fields
+                used["answer"] = {p.answer} if p.answer.isidentifier() else template_fields(p.answer)
             if p.answer is None:
                 used["label_field"] = {p.label_field}
             for field, names in used.items():
