@@ -11,8 +11,9 @@ Declared inline in a suite (`- name: custom` + the fields below) or in a YAML fi
     metric: accuracy                        # accuracy | f1 (macro); generation: f1 | em
 
 Every file is read by `datasets` (`load_dataset("csv"|"json"|"parquet", data_files=...)`; .tsv is csv with a
-tab and no quoting, as GLUE writes it). A csv/tsv without a header row names its columns with
-`column_names: [class, title, description]` (AG News). A split may come from a hub dataset instead of a file:
+tab and no quoting, as GLUE writes it). csv/tsv fields stay the text written, never parsed as numbers or
+missing values, so a template renders what the file says. A csv/tsv without a header row names its columns
+with `column_names: [class, title, description]` (AG News). A split may come from a hub dataset instead of a file:
 `files: {train: {hub: ag_news, split: train}, test: {hub: ag_news, config: null, split: test}}` (`split`
 defaults to the key; `hub` may also be a local dataset folder, a hub-layout one or one `save_to_disk` wrote).
 
