@@ -54,7 +54,8 @@ def write(folder: Path, name: str, rows: list[dict], header: bool = True) -> Pat
 
 def params(folder: Path, **extra) -> CustomParams:
     base = {"data_dir": str(folder), "files": {"train": "train.csv", "test": "test.csv"},
-            "template": "{{ title }}. {{ description }} Topic:", "verbalizer": VERBALIZER, "label_field": "class"}
+            "template": "{{ title }}. {{ description }} Topic:", "verbalizer": VERBALIZER, "label_field": "class",
+            "train_size": 16, "dev_size": 2}
     return CustomParams.model_validate({**base, **extra})
 
 
@@ -90,7 +91,7 @@ def test_csv_fields_stay_the_text_written(tmp_path):
 def test_an_answer_field_the_data_lacks_is_refused(tmp_path):
     write(tmp_path, "train.jsonl", [{"question": f"q{i}", "answers": [f"a{i}"]} for i in range(4)])
     base = {"data_dir": str(tmp_path), "files": {"train": "train.jsonl", "test": "train.jsonl"},
-            "template": "{{ question }}"}
+            "template": "{{ question }}", "dev_size": 2}
     CustomTask.check({**base, "answer": "answers"})
     CustomTask.check({**base, "answer": "{{ answers[0] }}"})
     with pytest.raises(FieldError, match="'answer' is undefined: the answer uses it"):
@@ -141,6 +142,19 @@ def test_labels_without_an_option_are_refused_naming_the_row(tmp_path):
     assert e.value.field == "verbalizer"
     with pytest.raises(FieldError, match="label 4 is out of range for 4 options"):
         CustomTask.check(params(tmp_path, verbalizer=None, options=list(TOPICS.values())).model_dump(mode="json"))
+
+
+def test_a_train_file_dev_would_empty_is_refused(tmp_path):
+    """MeZO's protocol draws dev from train: a train file of dev_size rows or fewer would leave nothing to train
+    on (the run would fail after loading the model)."""
+    write(tmp_path, "train.csv", ag_rows(8))
+    write(tmp_path, "test.csv", ag_rows(4))
+    with pytest.raises(FieldError, match=r"has 8 rows and dev takes dev_size=8 of them") as e:
+        CustomTask.check(params(tmp_path, dev_size=8).model_dump(mode="json"))
+    assert e.value.field == "dev_size"
+    CustomTask.check(params(tmp_path, dev_size=7).model_dump(mode="json"))
+    CustomTask.check(params(tmp_path, dev_size=8, files={"train": "train.csv", "dev": "test.csv",
+                                                         "test": "test.csv"}).model_dump(mode="json"))
 
 
 def test_an_edited_file_is_read_again(tmp_path):
@@ -264,7 +278,7 @@ def test_a_shipped_suite_reads_data_dir_from_its_own_folder_and_asks_for_data_di
     write(shipped / "data", "test.csv", ag_rows(8), header=False)
     task = {"name": "custom", "files": {"train": "train.csv", "test": "test.csv"},
             "column_names": ["class", "title", "description"], "template": "{{ title }} Topic:",
-            "verbalizer": VERBALIZER, "label_field": "class"}
+            "verbalizer": VERBALIZER, "label_field": "class", "train_size": 16, "dev_size": 4}
     body = yaml.safe_load(suite(tmp_path, task).read_text())
     (shipped / "suites").mkdir()
     (shipped / "suites" / "ag.yaml").write_text(yaml.safe_dump({**body, "data_dir": "../data"}))

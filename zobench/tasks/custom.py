@@ -362,6 +362,11 @@ class CustomTask(ChoiceTask):
                                             f"{ds[p.label_field].index(value) + 1}"})
                     except UserError as e:
                         raise FieldError("verbalizer" if p.verbalizer is not None else "options", f"{e}") from None
+        n_train = len(open_split(p, "train"))
+        if "dev" not in p.files and n_train <= p.dev_size:
+            raise FieldError("dev_size", f"files.train ({describe(p, 'train')}) has {n_train} rows and dev takes "
+                                         f"dev_size={p.dev_size} of them (MeZO's protocol), leaving none to train on; "
+                                         f"set dev_size below {n_train}, or give a dev file")
 
     @classmethod
     def read(cls, p: CustomParams) -> dict[str, list[dict[str, Any]]]:
