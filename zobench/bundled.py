@@ -65,3 +65,9 @@ def find_suite(arg: Path | str) -> Path:
     hint = did_you_mean(name, suites) if suites else "no suites are bundled with this installation"
     raise UserError(f"{arg}: no such suite file, and no bundled suite named '{name}'; give a path to a "
                     f"suite file or a bundled suite's name (`zobench suites` lists them): {hint}")
+
+
+def shipped(path: Path) -> bool:
+    """Whether a suite file is the wheel's own copy: its relative data_dir then points inside site-packages,
+    where no task data is, so the data comes from --data-dir."""
+    return path.resolve().is_relative_to(BUNDLED.resolve())

@@ -58,7 +58,15 @@ def plan(suite_file: Path, data_dir: str | None = None, executor: str | None = N
         if not layout_keys(suite.regenerates):
             raise UserError(f"{where(suite_file, lines, ('regenerates',))}: unknown paper table "
                             f"'{suite.regenerates}'; known: {', '.join(LAYOUTS)}")
-    specs = expand(suite, suite_file, lines, data_dir=data_dir, executor=executor)
+    try:
+        specs = expand(suite, suite_file, lines, data_dir=data_dir, executor=executor)
+    except UserError as e:
+        from zobench.bundled import shipped
+
+        if data_dir or not shipped(suite_file) or "data_dir" not in str(e):
+            raise
+        raise UserError(f"{e}; this suite ships inside zobench, where its relative data_dir finds no data: give "
+                        f"the folder the suite's data_dir names with --data-dir DIR") from None
     for spec in specs:  # a run's folder is named by its id: most file systems stop at 255 bytes a name
         if len(spec.run_id.encode()) > 200:
             raise UserError(f"{suite_file}: run '{spec.run_id[:60]}...' has a {len(spec.run_id.encode())}-byte id "
@@ -67,10 +75,13 @@ def plan(suite_file: Path, data_dir: str | None = None, executor: str | None = N
 
 
 @app.command()
-def validate(suite_file: Annotated[Path, typer.Argument(help=SUITE_HELP)]) -> None:
-    """Check a suite file without running anything."""
+def validate(
+    suite_file: Annotated[Path, typer.Argument(help=SUITE_HELP)],
+    data_dir: Annotated[str | None, typer.Option(help="local data folder for every task (overrides the suite)")] = None,
+) -> None:
+    """Check a suite file without running anything: every custom task's data is opened and checked."""
     try:
-        suite, specs = plan(suite_file)
+        suite, specs = plan(suite_file, data_dir)
     except UserError as e:
         fail(e)
     out.print(f"{suite_file}: ok — suite '{suite.name}', {len(specs)} runs")

@@ -258,10 +258,17 @@ Entry = tuple[Resolved, Component, Loc, dict[str, Any]]  # a resolved component,
 
 def _entries(axis: str, comp: Component, path: Path, lines: dict[Loc, int], loc: Loc, data_dir: str | None,
              task_defaults: dict[str, Any], origins: dict[str, str]) -> list[Entry]:
-    """A grid or include component resolved once per sweep point."""
+    """A grid or include component resolved once per sweep point. A task file the suite does not override is
+    checked as written there, so its errors name the task file and line."""
+    at: tuple[Path, dict[Loc, int], Loc] = (path, lines, loc)
     if axis == "task":
+        file = (path.parent / comp.name).resolve()
+        if comp.name.endswith((".yaml", ".yml")) and not comp.params and file.is_file():
+            from zobench.config import load_yaml
+
+            at = (file, load_yaml(file)[1], ())
         comp = task_component(comp, path, lines, loc, data_dir)
-    return [(resolve(axis, c, path, lines, loc, task_defaults if axis == "task" else None, origins), c, loc, point)
+    return [(resolve(axis, c, *at, task_defaults if axis == "task" else None, origins), c, loc, point)
             for c, point in sweep_points(axis, comp, path, lines, loc)]
 
 

@@ -65,25 +65,6 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
 
 
-def read_table(path: Path) -> list[dict[str, Any]]:
-    """Rows of a user's data file, by extension: .csv, .tsv (with header), .jsonl, .json (a list of objects)."""
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return list(read_csv(path))  # type: ignore[arg-type]
-    if suffix == ".tsv":
-        return list(read_tsv(path))  # type: ignore[arg-type]
-    if suffix == ".jsonl":
-        return read_jsonl(path)
-    if suffix == ".json":
-        data = read_json(path)
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise UserError(f"{path}: a .json data file must hold a list of objects (or {{'data': [...]}})")
-        return data
-    raise UserError(f"{path}: unknown data format '{suffix}'; use .csv, .tsv, .jsonl or .json")
-
-
 def hub(path: str, name: str | None, split: str, revision: str | None = None) -> list[dict[str, Any]]:
     """A split of a hub dataset as a list of dicts; offline or unreachable → one clear message."""
     from datasets import load_dataset
