@@ -48,6 +48,7 @@ class CBO(PopulationMethod):
 
     Params = CBOParams
     hp: CBOParams
+    requires = "cbx"
 
     def __init__(self, params: list[torch.nn.Parameter], hp: CBOParams, seed: int) -> None:
         super().__init__(params, hp, seed)

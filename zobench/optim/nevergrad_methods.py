@@ -26,17 +26,21 @@ from zobench.registry import methods
 
 class NevergradParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    optimizer: str = "NGOpt"  # a key of nevergrad.optimizers.registry
     sigma: PositiveFloat = 1.0  # the initial mutation scale (ng.p.Array.set_mutation)
     budget: PositiveInt | None = None  # evaluations, told to the optimiser (NGOpt picks its algorithm by it)
+
+
+class AnyNevergradParams(NevergradParams):
+    optimizer: str = "NGOpt"  # a key of nevergrad.optimizers.registry
 
 
 class Nevergrad(PopulationMethod):
     """Any optimiser in nevergrad's registry: one ask/tell, one forward, per step."""
 
-    Params: ClassVar[type[BaseModel]] = NevergradParams
+    Params: ClassVar[type[BaseModel]] = AnyNevergradParams
     hp: NevergradParams
-    fixed: ClassVar[str | None] = None  # the registered variants name their optimiser
+    requires = "nevergrad"
+    fixed: ClassVar[str | None] = None  # the registered variants name their optimiser (and take no `optimizer`)
 
     def __init__(self, params: list[torch.nn.Parameter], hp: NevergradParams, seed: int) -> None:
         super().__init__(params, hp, seed)
@@ -44,7 +48,7 @@ class Nevergrad(PopulationMethod):
 
         space = ng.p.Array(init=self.start).set_mutation(sigma=hp.sigma)
         space.random_state = np.random.RandomState(seed % 2**32)
-        name = self.fixed or hp.optimizer
+        name = hp.optimizer if isinstance(hp, AnyNevergradParams) else self.fixed  # the variants fix it
         self.optimizer = ng.optimizers.registry[name](parametrization=space, budget=hp.budget, num_workers=1)
 
     @classmethod
@@ -53,9 +57,6 @@ class Nevergrad(PopulationMethod):
         name = params.get("optimizer")
         if name is None:
             return
-        if cls.fixed is not None:
-            raise FieldError("optimizer", f"'{cls.registered_name}' is nevergrad's {cls.fixed}; "
-                             "use method 'nevergrad' to name another optimiser")
         import nevergrad as ng
 
         if name not in ng.optimizers.registry:
@@ -78,7 +79,7 @@ methods.register("nevergrad")(Nevergrad)
 
 
 def _variant(name: str, optimizer: str, doc: str) -> type[Nevergrad]:
-    cls = type(f"Nevergrad{optimizer}", (Nevergrad,), {"fixed": optimizer, "__doc__": doc})
+    cls = type(f"Nevergrad{optimizer}", (Nevergrad,), {"fixed": optimizer, "__doc__": doc, "Params": NevergradParams})
     return methods.register(name)(cls)
 
 

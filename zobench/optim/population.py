@@ -10,7 +10,8 @@ see. Points are float64 numpy vectors, the form CBXpy and nevergrad work in (tor
 
 from __future__ import annotations
 
-from typing import Any
+import importlib.util
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ from zobench.optim.base import LossFn, Method
 class PopulationMethod(Method):
     """Scores numpy points by writing them into θ and running one forward each."""
 
+    requires: ClassVar[str] = ""  # the package the method drives (an optional dependency)
+
     def __init__(self, params: list[torch.nn.Parameter], hp: Any, seed: int) -> None:
         super().__init__(params, hp, seed)
         self.start = self.point()
@@ -30,9 +33,10 @@ class PopulationMethod(Method):
 
     @classmethod
     def check(cls, params: dict) -> None:
-        if "lr" in params:
-            raise FieldError("lr", f"'{cls.registered_name}' has no learning rate; set its own step parameters "
-                             "(see `zobench list methods` and the method's docstring)")
+        """The package is installed (planning time, so a suite fails before any run)."""
+        if cls.requires and importlib.util.find_spec(cls.requires) is None:
+            raise FieldError("name", f"method '{cls.registered_name}' needs the package '{cls.requires}', which is "
+                             "not installed; pip install 'zobench[blackbox]'")
 
     def point(self) -> np.ndarray:
         """θ as one float64 vector."""
