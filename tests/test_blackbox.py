@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -209,3 +210,38 @@ def test_new_test_functions() -> None:
         assert float(fn.f(*torch.tensor(fn.start, dtype=torch.float64))) > 1.0
     one = torch.ones((), dtype=torch.float64)
     assert abs(float(FUNCTIONS["rastrigin"].f(one, 0 * one)) - 1.0) <= 100 * EPS  # a local minimum of value 1
+
+
+# -- report ------------------------------------------------------------------------------------------------
+def test_report_section(tmp_path) -> None:  # noqa: ANN001
+    """A tiny suite through the runner: the page gets the comparison table, the curves against evaluations and
+    the robustness table; the best configuration per method is the one with the lowest median final distance."""
+    import yaml
+
+    from zobench import api
+
+    def rank(p: float) -> dict:
+        return {"name": "zo-ranksgd", "q": 4, "eps": 0.01, "lr": 0.05, "oracle": "noisy-ranking", "error": p,
+                "label": f"zo-ranksgd noisy p={p}", "settings": {"steps": 10, "eval_every": 5}}
+
+    suite = {"name": "bb-tiny", "defaults": {"eval_at_start": True, "select": "last", "device": "cpu"},
+             "grid": {"tasks": [{"name": "test-function", "function": "c"}],
+                      "methods": [{"name": "zo-sgd", "lr": 0.001, "label": "zo-sgd lr=0.001",
+                                   "settings": {"steps": 20, "eval_every": 10}},
+                                  {"name": "zo-sgd", "lr": 0.03, "label": "zo-sgd lr=0.03",
+                                   "settings": {"steps": 20, "eval_every": 10}},
+                                  {"name": "cbo", "particles": 4, "settings": {"steps": 10, "eval_every": 5}},
+                                  rank(0.0), rank(0.3)],
+                      "seeds": [0]}}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    frame = api.run(path, tmp_path / "results", report=True, reports=tmp_path / "reports")
+    assert set(frame["status"]) == {"done"}
+    page = (tmp_path / "reports" / "bb-tiny" / "index.html").read_text()
+    assert "Black-box methods at equal function evaluations" in page
+    assert "ZO-RankSGD with a judge who errs" in page
+    assert (tmp_path / "reports" / "bb-tiny" / "blackbox.png").stat().st_size > 0
+    table = pd.read_csv(tmp_path / "reports" / "bb-tiny" / "tables" / "blackbox.csv", index_col=0)
+    zo = frame[frame["method"].str.startswith("zo-sgd")].sort_values("test_metric")
+    assert zo["method"].iloc[0].split("lr=")[1] in table.loc["zo-sgd"].iloc[0]  # the better learning rate
+    assert list(table.index) == ["cbo", "zo-ranksgd", "zo-sgd"]
