@@ -4,17 +4,17 @@ Klock, Geldhauser, Fornasier, arXiv 2306.09778).
 N particles x_i; each step scores every particle (N forwards), forms the consensus point
 v_α = Σ_i x_i·exp(−α f(x_i)) / Σ_i exp(−α f(x_i)) (cbx/dynamics/pdyn.py:582-587, `compute_consensus_default`,
 a log-sum-exp softmax), and moves every particle x_i ← x_i − λ·dt·(x_i − v_α) + σ·√dt·‖x_i − v_α‖·ξ_i
-(cbx/dynamics/cbo.py:4-5 `cbo_update`, :47-55 `cbo_step`; isotropic noise cbx/noise.py:91-116), or with
+(cbx/dynamics/cbo.py:3-4 `cbo_update`, :40-50 `cbo_step`; isotropic noise cbx/noise.py:91-117), or with
 `noise: anisotropic` the componentwise (x_i − v_α)⊙ξ_i (cbx/noise.py:146-170). Defaults are CBXpy's
 (CBXDynamic.__init__, cbx/dynamics/pdyn.py:629-637: dt = 0.01, α = 1, σ = 5.1, λ = 1); `alpha_growth`
 multiplies α after each step as cbx's default scheduler does in `optimize` (×1.05, capped at 1e5;
-pdyn.py:803-815, cbx/scheduler.py:85-106). The method's answer, which θ holds between steps, is the
+pdyn.py:803-816, cbx/scheduler.py:85-106). The method's answer, which θ holds between steps, is the
 consensus point of the step's evaluations.
 
 The particles start at θ₀ + U(−r, r)^d (cbx's own start is U(−1, 1)^d, pdyn.py:210-211) from the run
 seed; the noise ξ comes from cbx's sampler seeded with the run seed. Memory: CBXpy keeps the particles,
 their previous positions and the drift as float64 N×d arrays, so this is a method for the synthetic problems,
-not for a language model's weights.
+not for a language model's weights. File and line references are to cbx 1.0.4 as installed from PyPI.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def curves_figure(best: pd.DataFrame) -> bytes | None:
     rows = math.ceil(len(tasks) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
     families = sorted(best["family"].unique())
-    colors = dict(zip(families, plt.get_cmap("tab10").colors, strict=False))
+    colors = dict(zip(families, plt.get_cmap("tab10" if len(families) <= 10 else "tab20").colors, strict=False))
     for ax, task in zip(axes.flat, tasks, strict=False):
         part = best[best["task"] == task]
         metric = part["metric"].iloc[0]

@@ -73,7 +73,7 @@ def figure(best: pd.DataFrame) -> bytes | None:
 
     functions = [f for f in FUNCTIONS if f in set(best["function"])]
     methods = sorted(best["method"].unique(), key=lambda m: ("adamu" in m, m))  # ZO-AdaMU drawn on top
-    colors = dict(zip(methods, plt.get_cmap("tab10").colors, strict=False))
+    colors = dict(zip(methods, plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors, strict=False))
     rows = max(1, math.ceil(len(functions) / 3))
     fig, axes = plt.subplots(rows, 3, figsize=(15, 4.75 * rows), squeeze=False)
     for ax, name in zip(axes.flat, functions, strict=False):
