@@ -50,6 +50,7 @@ class Nevergrad(PopulationMethod):
         space.random_state = np.random.RandomState(seed % 2**32)
         name = hp.optimizer if isinstance(hp, AnyNevergradParams) else self.fixed  # the variants fix it
         self.optimizer = ng.optimizers.registry[name](parametrization=space, budget=hp.budget, num_workers=1)
+        self.lowest = float("inf")
 
     @classmethod
     def check(cls, params: dict) -> None:
@@ -65,11 +66,14 @@ class Nevergrad(PopulationMethod):
                              + (f"; did you mean '{close[0]}'?" if close else "; e.g. CMA, OnePlusOne, NGOpt"))
 
     def step(self, loss_fn: LossFn) -> float:
+        """One ask/tell. Returns the lowest loss told so far: one candidate far out (PSO and DE draw some
+        through an unbounded transform) has loss ∞ without the search having diverged."""
         candidate = self.optimizer.ask()
         loss = self.loss_at(loss_fn, candidate.value)
         self.optimizer.tell(candidate, loss)
         self.set_point(self.optimizer.recommend().value)
-        return loss
+        self.lowest = min(self.lowest, loss)
+        return self.lowest
 
     def state_bytes(self) -> int:
         return len(pickle.dumps(self.optimizer))

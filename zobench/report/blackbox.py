@@ -59,6 +59,17 @@ def best_configs(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.merge(best, on=["task", "family", "config"])
 
 
+def unfinished(summaries: list[dict[str, Any]]) -> str:
+    """'label on task: status ×n' for the runs that did not finish (diverged, failed), for the table's note."""
+    counts: dict[str, int] = {}
+    for s in summaries:
+        spec = s.get("spec", {})
+        if s.get("status") not in (None, "done") and "method" in spec:
+            key = f"{spec['method'].get('label') or spec['method']['name']} on {_task_label(spec)}: {s['status']}"
+            counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{k} ×{n}" for k, n in counts.items())
+
+
 def comparison_table(best: pd.DataFrame) -> pd.DataFrame:
     """Family × task: median final metric [min, max over seeds] (the configuration chosen; evaluations)."""
     cells = {}
@@ -68,7 +79,7 @@ def comparison_table(best: pd.DataFrame) -> pd.DataFrame:
         config = g["config"].iloc[0]
         setting = config[len(family):].strip() or "defaults"
         cells[(family, task)] = f"{final.median():.3g}{spread} ({setting}; {int(g['evaluations'].max())} evals)"
-    table = pd.Series(cells).unstack()
+    table = pd.Series(cells).unstack().fillna("no run finished")
     table.index.name = "method"
     return table
 
@@ -165,8 +176,9 @@ def section(summaries: list[dict[str, Any]], tables_dir: Path) -> tuple[list[dic
     files = export(table, tables_dir, "blackbox", caption=title)
     tables.append({"title": title, "html": table.to_html(border=0, classes="data"), "files": files,
                    "note": "Median over seeds [lowest, highest]; per cell the configuration with the best median "
-                           "final metric among those the suite gives the method. Evaluations: forward passes "
-                           "(a first-order step counts one; its backward is not counted)."})
+                           "final metric among the finished runs of those the suite gives the method. Evaluations: "
+                           "forward passes (a first-order step counts one; its backward is not counted). "
+                           f"Runs that did not finish: {unfinished(summaries) or 'none'}."})
     png = curves_figure(best)
     if png:
         atomic_write(tables_dir.parent / "blackbox.png", png)
