@@ -4,9 +4,10 @@ One step is one ask/tell (`Optimizer.ask`, `Optimizer.tell`, nevergrad/optimizat
 so `steps` is the evaluation budget and curves line up with the ZO methods' forward passes. θ holds
 `Optimizer.recommend()` between steps, which is what evaluations score: for (1+1) the best point so far; for
 CMA-ES the current `cma` run's best point (nevergrad 1.0.12 optimizerlib.py:824-842), and nevergrad starts a
-new `cma` run when the old one stops (optimizerlib.py:760), so ng-cma's curve jumps back at each restart. The search space is `ng.p.Array` started at θ₀
-with the mutation scale `sigma`; the parametrization's random state is seeded with the run seed, which
-seeds every draw nevergrad makes for it (and the seed it hands to `cma`). State: the optimiser pickled
+new `cma` run when the old one stops (optimizerlib.py:760), so ng-cma's curve jumps back at each
+restart. The search space is `ng.p.Array` started at θ₀ with the mutation scale `sigma`; the parametrization's
+random state is seeded with the run seed, which seeds every draw nevergrad makes for it (and `cma`'s normal draws,
+which nevergrad passes as `randn`, optimizerlib.py:766). State: the optimiser pickled
 (its distribution, its archive of evaluated points), a measured size rather than a formula.
 """
 
