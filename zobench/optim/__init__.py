@@ -1,14 +1,17 @@
 """Optimisers. Importing this package registers every method."""
 
 from zobench.optim import (  # noqa: F401
+    cbo,
     deepzero,
     first_order,
     forward_grad,
     hizoo,
     low_rank,
+    nevergrad_methods,
     sparse_mezo,
     zo_adam,
     zo_adamu,
+    zo_rank,
     zo_sgd,
 )
 from zobench.optim.base import Method, MethodParams

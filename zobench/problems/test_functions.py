@@ -1,4 +1,5 @@
-"""The six 2-D test functions of ZO-AdaMU's Figure 2 (Jiang et al., AAAI 2024), with their optima.
+"""The six 2-D test functions of ZO-AdaMU's Figure 2 (Jiang et al., AAAI 2024), with their optima, and the
+non-convex Rastrigin and Ackley functions (global minimum 0 at the origin) for the black-box methods.
 
 Each is a task with no model: the trainable parameter is the point (x, y) itself, the objective is
 f(x, y), and evaluation reports the point (so `eval_every: 1` records the trajectory as dev_x, dev_y)
@@ -38,6 +39,15 @@ def _beale(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
 
 
+def _rastrigin(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return 20 + x**2 + y**2 - 10 * (torch.cos(2 * torch.pi * x) + torch.cos(2 * torch.pi * y))
+
+
+def _ackley(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (-20 * torch.exp(-0.2 * torch.sqrt(0.5 * (x**2 + y**2)))
+            - torch.exp(0.5 * (torch.cos(2 * torch.pi * x) + torch.cos(2 * torch.pi * y))) + torch.e + 20)
+
+
 FUNCTIONS: dict[str, Function2D] = {
     "a": Function2D("|x| + |y|", lambda x, y: x.abs() + y.abs(), (0.0, 0.0), (-3.0, 3.0), (-2.5, 2.0)),
     "b": Function2D("|x + y| + |x − y|/10", lambda x, y: (x + y).abs() + (x - y).abs() / 10,
@@ -48,12 +58,15 @@ FUNCTIONS: dict[str, Function2D] = {
     "beale": Function2D("Beale", _beale, (3.0, 0.5), (-4.5, 4.5), (1.0, 1.5)),
     "rosenbrock": Function2D("100(x − y²)² + (1 − y)²", lambda x, y: 100 * (x - y**2) ** 2 + (1 - y) ** 2,
                                (1.0, 1.0), (-4.5, 4.5), (2.0, -2.0)),
+    # non-convex, with a local minimum near every integer point: where CBO claims global convergence (arXiv 2306.09778)
+    "rastrigin": Function2D("Rastrigin 20 + Σ x² − 10 cos 2πx", _rastrigin, (0.0, 0.0), (-5.12, 5.12), (2.5, -2.2)),
+    "ackley": Function2D("Ackley", _ackley, (0.0, 0.0), (-5.0, 5.0), (2.5, -2.2)),
 }
 
 
 class Function2DParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    function: Literal["a", "b", "c", "d", "beale", "rosenbrock"] = "a"
+    function: Literal["a", "b", "c", "d", "beale", "rosenbrock", "rastrigin", "ackley"] = "a"
     start: tuple[float, float] | None = None  # None: the function's default start
 
 

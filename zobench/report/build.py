@@ -176,6 +176,11 @@ def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, records: list[tuple[P
     traj_table, traj_figure = trajectory_section(records, tables_dir)
     ours += [traj_table] if traj_table else []
     figures += [traj_figure] if traj_figure else []
+    from zobench.report.blackbox import section as blackbox_section  # only with black-box method runs
+
+    blackbox_tables, blackbox_figures = blackbox_section(summaries, tables_dir)
+    ours += blackbox_tables
+    figures += blackbox_figures
 
     statuses = ", ".join(f"{n} {s}" for s, n in everything["status"].value_counts().items()) \
         if len(everything) else "none"

@@ -59,20 +59,21 @@ def distance_table(best: pd.DataFrame) -> pd.DataFrame:
     table = table[[f for f in FUNCTIONS if f in table.columns]]
     table.columns = [f"({f}) {FUNCTIONS[f].formula}" if len(f) == 1 else FUNCTIONS[f].formula for f in table.columns]
     reached = (agg["distance"] <= REACHED).groupby("method").sum()
-    table[f"reached (≤ {REACHED:g})"] = [f"{int(reached[m])}/{len(FUNCTIONS)}" for m in table.index]
+    table[f"reached (≤ {REACHED:g})"] = [f"{int(reached[m])}/{len(table.columns)}" for m in table.index]
     table.index.name = "method"
     return table
 
 
 def figure(best: pd.DataFrame) -> bytes | None:
-    """2 × 3 panels: contours of each function, one trajectory per method (lowest seed), start and optimum."""
+    """Rows of 3 panels: contours of each function, one trajectory per method (lowest seed), start and optimum."""
     plt = pyplot()
     from matplotlib.colors import LogNorm
 
     functions = [f for f in FUNCTIONS if f in set(best["function"])]
     methods = sorted(best["method"].unique(), key=lambda m: ("adamu" in m, m))  # ZO-AdaMU drawn on top
-    colors = dict(zip(methods, plt.get_cmap("tab10").colors, strict=False))
-    fig, axes = plt.subplots(2, 3, figsize=(15, 9.5), squeeze=False)
+    colors = dict(zip(methods, plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors, strict=False))
+    rows = max(1, math.ceil(len(functions) / 3))
+    fig, axes = plt.subplots(rows, 3, figsize=(15, 4.75 * rows), squeeze=False)
     for ax, name in zip(axes.flat, functions, strict=False):
         fn = FUNCTIONS[name]
         part = best[best["function"] == name]
