@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from zobench import registry
 from zobench.errors import UserError
-from zobench.parallel.offload import OffloadZO, SafetensorsTier
+from zobench.parallel.offload import HostTier, OffloadZO, SafetensorsTier
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 5
@@ -86,6 +86,19 @@ def test_offloaded_trajectory_is_the_resident_one(tmp_path: Path, hp: dict) -> N
     assert moved > 100 * tol  # it trained: the comparison is not of two untouched models
     n = len(blocks)
     assert crossings == (STEPS * n, STEPS * n)  # each block crosses once each way per step, the update included
+
+
+def test_host_tier_follows_the_same_trajectory() -> None:
+    """ZO2's own tier (host memory, the GPU's working copy): on a CPU the same schedule, the same θ."""
+    blocks, hp = _blocks(), {"lr": 0.05, "eps": 1e-3}
+    ref, _ = _resident(blocks, hp)
+    off = OffloadZO(copy.deepcopy(blocks), _objective, HostTier(blocks), "zo-sgd", hp, 11)
+    x, y = _data()
+    for _ in range(STEPS):
+        off.step(x, y)
+    state = off.state()
+    tol = 4 * STEPS * 4 * torch.finfo(torch.float32).eps * max(float(v.abs().max()) for v in ref.values())
+    assert max(float((state[k] - ref[k]).abs().max()) for k in ref) <= tol
 
 
 def test_offload_refuses_a_method_whose_update_does_not_fold(tmp_path: Path) -> None:

@@ -86,14 +86,43 @@ class SafetensorsTier:
             del mapped
 
 
+class HostTier:
+    """Blocks of named tensors in host memory (pinned where a GPU is, so uploads can be asynchronous): ZO2's
+    own setting, parameters in CPU memory and computed on the GPU. `load` hands out the host tensors; the
+    scheduler copies them to its device and `store` copies the result back in place."""
+
+    def __init__(self, blocks: Sequence[torch.nn.Module]) -> None:
+        pin = torch.cuda.is_available()
+        self.names = [[n for n, _ in b.named_parameters()] for b in blocks]
+        self.data: list[dict[str, torch.Tensor]] = []
+        for b in blocks:
+            host = {}
+            for n, p in b.named_parameters():
+                t = torch.empty(p.shape, dtype=p.dtype, pin_memory=pin)
+                t.copy_(p.detach())
+                host[n] = t
+            self.data.append(host)
+        self.loads = self.stores = 0
+
+    def load(self, b: int) -> dict[str, torch.Tensor]:
+        self.loads += 1
+        return dict(self.data[b])
+
+    def store(self, b: int, tensors: dict[str, torch.Tensor]) -> None:
+        self.stores += 1
+        for n, t in tensors.items():
+            if t.data_ptr() != self.data[b][n].data_ptr():
+                self.data[b][n].copy_(t)
+
+
 class ParamSpec:
     """What a direction generator reads of a parameter (shape, dtype, device), without its numbers: the
     method's directions are laid out over the whole model while only one block is in memory."""
 
     requires_grad = True
 
-    def __init__(self, t: torch.Tensor) -> None:
-        self.shape, self.dtype, self.device = t.shape, t.dtype, torch.device("cpu")
+    def __init__(self, t: torch.Tensor, device: torch.device) -> None:
+        self.shape, self.dtype, self.device = t.shape, t.dtype, device
 
     def numel(self) -> int:
         return self.shape.numel()
@@ -108,13 +137,16 @@ class ParamSpec:
 class OffloadZO:
     """ZO-SGD over `blocks` (applied in order; the first takes the inputs) whose parameters live in `tier`;
     `objective(output, batch)` is the loss. The block modules hold no numbers of their own (meta tensors):
-    each visit runs them with the tier's tensors (torch.func.functional_call)."""
+    each visit runs them with the tier's tensors (torch.func.functional_call) on `device`, where z is made too.
+    Uploads are not yet overlapped with compute (ZO2's separate CUDA streams): a block's copy, then its work."""
 
     def __init__(self, blocks: Sequence[torch.nn.Module], objective: Callable[[torch.Tensor, Any], torch.Tensor],
-                 tier: SafetensorsTier, method: str, params: dict[str, Any], seed: int) -> None:
+                 tier: SafetensorsTier | HostTier, method: str, params: dict[str, Any], seed: int,
+                 device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
         self.blocks = [b.to("meta") for b in blocks]
         self.objective, self.tier = objective, tier
-        specs: list[list[ParamSpec]] = [[ParamSpec(p) for _, p in b.named_parameters()] for b in self.blocks]
+        specs = [[ParamSpec(p, self.device) for _, p in b.named_parameters()] for b in self.blocks]
         self.index: list[list[int]] = []  # block → its parameters' places in the model's parameter list
         for s in specs:
             first = sum(len(x) for x in self.index)
@@ -157,7 +189,7 @@ class OffloadZO:
         seeds = [int(s) for s in m._rng.integers(0, 2**62, size=m.hp.q)]  # the method's stream: zo.py `probe`
         plus, minus = [inputs] * len(seeds), [inputs] * len(seeds)
         for b, block in enumerate(self.blocks):
-            tensors = self.tier.load(b)
+            tensors = self._upload(b)
             ps, idx = list(tensors.values()), self.index[b]
             self._fold(ps, idx)
             for j, seed in enumerate(seeds):
@@ -167,7 +199,7 @@ class OffloadZO:
                 minus[j] = functional_call(block, tensors, (minus[j],))
                 if j < len(seeds) - 1:  # the last restore waits for the update (engines.py `InplaceEngine`)
                     self._add(ps, idx, seed, eps)
-            self.tier.store(b, tensors)
+            self._offload(b, tensors)
             del tensors, ps
         lp = [float(self.objective(h, batch)) for h in plus]
         lm = [float(self.objective(h, batch)) for h in minus]
@@ -185,10 +217,16 @@ class OffloadZO:
         if self._pending is None:
             return
         for b in range(len(self.blocks)):
-            tensors = self.tier.load(b)
+            tensors = self._upload(b)
             self._fold(list(tensors.values()), self.index[b])
-            self.tier.store(b, tensors)
+            self._offload(b, tensors)
         self._pending = None
+
+    def _upload(self, b: int) -> dict[str, torch.Tensor]:
+        return {n: t.to(self.device, non_blocking=True) for n, t in self.tier.load(b).items()}
+
+    def _offload(self, b: int, tensors: dict[str, torch.Tensor]) -> None:
+        self.tier.store(b, {n: t.to("cpu") for n, t in tensors.items()})
 
     def state(self) -> dict[str, torch.Tensor]:
         """The whole model's θ, keyed like `nn.Sequential(*blocks)` (tests and checkpoints; settles first)."""
