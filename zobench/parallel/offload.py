@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +91,13 @@ class HostTier:
     own setting, parameters in CPU memory and computed on the GPU. `load` hands out the host tensors; the
     scheduler copies them to its device and `store` copies the result back in place."""
 
-    def __init__(self, blocks: Sequence[torch.nn.Module]) -> None:
+    def __init__(self, blocks: Iterable[torch.nn.Module]) -> None:
+        """`blocks` is read once, in order (a generator may build each block only when it is copied)."""
         pin = torch.cuda.is_available()
-        self.names = [[n for n, _ in b.named_parameters()] for b in blocks]
+        self.names: list[list[str]] = []
         self.data: list[dict[str, torch.Tensor]] = []
         for b in blocks:
+            self.names.append([n for n, _ in b.named_parameters()])
             host = {}
             for n, p in b.named_parameters():
                 t = torch.empty(p.shape, dtype=p.dtype, pin_memory=pin)
