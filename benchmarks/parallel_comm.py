@@ -73,7 +73,7 @@ def worker(rank: int, world: int, init: str, out: str, args: argparse.Namespace)
         model, _, loss_of = build(args.batch, args.seq)
         mine = dp.local(list(range(args.batch)))
         ddp = ddp_bytes_per_step(model, lambda m: loss_of(m, mine), steps=1)
-        torch.save({"traj": traj, "losses": losses, "zo": dp.comm_bytes_per_step(args.steps), "ddp": ddp,
+        torch.save({"traj": traj, "losses": losses, "zo": dp.comm_bytes_per_step(), "ddp": ddp,
                     "param_bytes": parameter_bytes(list(model.parameters()))}, os.path.join(out, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -8,8 +8,12 @@ The model is float64 so the tolerance (from its epsilon) is far below what a wro
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,7 +67,7 @@ def _train(mode: str | None, q: int, engine: str) -> tuple[list[torch.Tensor], l
             losses.append(method.step(lambda b=batch: workload.loss(b)))
         method.settle()
         trajectory.append(torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()]))
-    return trajectory, losses, dp.comm_bytes_per_step(STEPS) if dp else 0.0
+    return trajectory, losses, dp.comm_bytes_per_step() if dp else 0.0
 
 
 CASES = [("shard", 1, "virtual"), ("shard", 1, "inplace"), ("queries", 2, "virtual"), ("queries", 2, "inplace")]
@@ -140,3 +144,55 @@ def test_query_mode_equals_a_q_equal_n_run(workers: list[dict], engine: str) -> 
         assert comm == 3 * 8  # one (seed, g, loss) triple of int64 words a step
     if engine == "virtual":  # θ is written only by the update, from the same seeds and g: bit for bit
         assert all(torch.equal(a, b) for a, b in zip(results[0]["train"][0], ref, strict=True))
+
+
+SUITE = """name: dp-test
+defaults: {batch_size: 8, steps: 4, eval_every: 4, select: last, device: cpu}
+grid:
+  tasks: [{name: attention-regression, init: random}]
+  methods: [{name: zo-sgd, lr: 0.01, eps: 0.001, settings: {parallel: {data: 2}}}]
+  seeds: [0]
+"""
+
+
+def _plan(tmp_path: Path, text: str) -> list:
+    from zobench.cli import plan
+
+    (tmp_path / "suite.yaml").write_text(text)
+    return plan(tmp_path / "suite.yaml")[1]
+
+
+def test_a_parallel_run_outside_a_launcher_fails_naming_the_fix(tmp_path: Path) -> None:
+    from zobench import runner
+    from zobench.store import Store
+
+    spec = _plan(tmp_path, SUITE)[0]
+    summary = runner.run(spec, Store(tmp_path / "results", "dp-test"))
+    assert summary["status"] == "failed"
+    assert "torchrun --nproc-per-node 2 -m zobench.parallel.launch" in summary["error"]
+
+
+def test_unset_parallel_keeps_run_ids(tmp_path: Path) -> None:
+    with_none = _plan(tmp_path, SUITE.replace(", settings: {parallel: {data: 2}}", ""))[0]
+    assert "parallel" not in with_none.hashed()["settings"]
+    assert _plan(tmp_path, SUITE)[0].run_id != with_none.run_id
+
+
+def test_launcher_runs_the_suite_as_two_workers(tmp_path: Path) -> None:
+    """torchrun → zobench.parallel.launch → runner: rank 0's record equals a one-process run on the full batch."""
+    from zobench import runner
+    from zobench.store import Store
+
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
+                          "zobench.parallel.launch", str(tmp_path / "suite.yaml"), "--results", str(tmp_path / "r")],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    spec = _plan(tmp_path, SUITE)[0]
+    two = json.loads((tmp_path / "r" / "dp-test" / spec.run_id / "summary.json").read_text())
+    assert two["status"] == "done" and two["comm_bytes_per_step"] == 16.0
+    one_spec = _plan(tmp_path, SUITE.replace(", settings: {parallel: {data: 2}}", ""))[0]
+    one = runner.run(one_spec, Store(tmp_path / "one", "dp-test"))
+    tol = 1e3 * torch.finfo(torch.float64).eps * max(1.0, abs(one["final_train_loss"]))  # summation order only
+    assert abs(two["final_train_loss"] - one["final_train_loss"]) <= tol

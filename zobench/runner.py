@@ -153,6 +153,11 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
         compile_blocks(workload.module)
     method_cls = registry.methods.get(spec.method.name)
     method = method_cls(workload.trainable(), method_cls.Params.model_validate(spec.method.params), spec.seed)
+    parallel = None
+    if settings.parallel is not None and settings.parallel.data > 1:  # one of N workers: zobench/parallel/data.py
+        from zobench.parallel.data import join
+
+        workload, method, parallel = join(settings.parallel.data, settings.parallel.mode, workload, method)
     if hasattr(method, "match_model"):  # first-order: mixed precision when the model's weights are half precision
         method.match_model(workload.module)
     amp = getattr(method, "autocast", contextlib.nullcontext)  # evaluations run at the training forward's precision
@@ -234,6 +239,7 @@ def _train(spec: RunSpec, device: torch.device, curve: list[dict[str, Any]], pro
     return {
         **({"lm_eval": lm_eval} if lm_eval is not None else {}),
         **({"precision": method.precision()} if hasattr(method, "precision") else {}),
+        **({"comm_bytes_per_step": parallel.comm_bytes_per_step()} if parallel is not None else {}),
         "metric": metric, "higher_is_better": workload.higher_is_better,
         "test": test, "test_metric": test[metric], "best_dev": best["dev"], "best_step": best["step"],
         "initial_dev_metric": best.get("initial"), "final_train_loss": train_loss, "steps": steps_done,

@@ -86,6 +86,7 @@ class DataParallelZO:
         self.mode, self.group = mode, group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         self.meter = CommMeter(group)
+        self.step_bytes, self.steps = 0, 0  # bytes handed to collectives inside `method.step`, and its calls
 
     # -- mode "shard": a worker's part of every batch, losses reduced to the full batch's mean ---------
     def local(self, indices: list[int]) -> list[int]:
@@ -115,10 +116,14 @@ class DataParallelZO:
             return workload
 
         def make_batch(indices: list[int]) -> Shard:
+            if not indices:  # a deterministic objective (train_size 0): every worker evaluates all of it
+                return Shard(workload.make_batch(indices), 0, 0)
             mine = self.local(indices)
             return Shard(workload.make_batch(mine) if mine else None, len(mine), len(indices))
 
         def loss(shard: Shard) -> torch.Tensor:
+            if shard.total == 0:
+                return workload.loss(shard.batch)
             return self.reduced(lambda: workload.loss(shard.batch), shard.size, shard.total)()
 
         return dataclasses.replace(workload, make_batch=make_batch, loss=loss)
@@ -138,11 +143,22 @@ class DataParallelZO:
                 raise UserError(f"parallel mode 'queries' splits the step's q queries over {self.world} workers: "
                                 f"q = {method.hp.q} is not a multiple; set the method's q to {self.world}")
             method.engine = _SplitQueries(method.engine, self)
+        step = method.step
+
+        def counted(loss_fn: LossFn) -> float:  # bytes of training steps only (not probes or evaluations)
+            before = self.meter.bytes
+            try:
+                return step(loss_fn)
+            finally:
+                self.step_bytes += self.meter.bytes - before
+                self.steps += 1
+
+        method.step = counted
         return method
 
-    def comm_bytes_per_step(self, steps: int) -> float:
-        """Bytes this worker handed to collectives per step, over `steps` steps."""
-        return self.meter.bytes / max(steps, 1)
+    def comm_bytes_per_step(self) -> float:
+        """Bytes this worker handed to collectives per training step of the attached method."""
+        return self.step_bytes / max(self.steps, 1)
 
     def gather_triples(self, seeds: list[int], grads: list[float],
                        losses: list[float]) -> list[tuple[int, float, float]]:
@@ -219,3 +235,16 @@ def ring_bytes(payload: float, world: int) -> float:
     return 2 * (world - 1) / world * payload
 
 
+
+
+def join(workers: int, mode: Mode, workload: Workload, method: Any) -> tuple[Workload, Any, DataParallelZO]:
+    """The runner's hook for a run with `parallel: {data: N}`: this process is one of the N workers."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise UserError(f"parallel: {{data: {workers}}} runs as {workers} torch.distributed processes; launch the "
+                        f"suite with `torchrun --nproc-per-node {workers} -m zobench.parallel.launch SUITE` "
+                        "(or remove `parallel` to run in one process)")
+    if dist.get_world_size() != workers:
+        raise UserError(f"parallel: {{data: {workers}}} but {dist.get_world_size()} processes were launched; "
+                        f"start torchrun with --nproc-per-node {workers}")
+    dp = DataParallelZO(mode)
+    return dp.workload(workload), dp.attach(method), dp
