@@ -111,7 +111,9 @@ class DataParallelZO:
 
     def workload(self, workload: Workload) -> Workload:
         """The same workload whose batches are this worker's shards and whose loss is the full batch's mean.
-        Evaluation is left whole (every worker scores dev/test the same; rank 0's record is kept)."""
+        Exact where the loss is a mean over examples (zobench's tasks and problems); a loss averaged over
+        tokens of different lengths would be weighted by examples instead. Evaluation is left whole (every
+        worker scores dev/test the same; rank 0's record is kept)."""
         if self.mode == "queries":
             return workload
 
@@ -131,7 +133,7 @@ class DataParallelZO:
     # -- mode "queries": the step's queries split across workers, (seed, g, loss) all-gathered ---------
     def attach(self, method: ZOMethod) -> ZOMethod:
         """Make `method` a worker of this group: in 'queries' mode its engine measures only this worker's
-        queries and gathers the others'; in 'shard' mode the method is unchanged (the loss is reduced)."""
+        queries and gathers the others' ('shard' mode changes only the loss); its steps' bytes are counted."""
         if not isinstance(method, ZOMethod):
             raise UserError(f"parallel: data runs zeroth-order methods; '{type(method).__name__}' is first-order "
                             "(its data-parallel baseline is torch DDP, `ddp_bytes_per_step`)")
