@@ -53,7 +53,7 @@ def _resident(blocks: list[torch.nn.Module], hp: dict) -> tuple[dict[str, torch.
     with torch.no_grad():
         for _ in range(STEPS):
             losses.append(method.step(lambda: _objective(model(x), y)))
-    method.settle()
+        method.settle()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, losses
 
 
@@ -86,6 +86,19 @@ def test_offloaded_trajectory_is_the_resident_one(tmp_path: Path, hp: dict) -> N
     assert moved > 100 * tol  # it trained: the comparison is not of two untouched models
     n = len(blocks)
     assert crossings == (STEPS * n, STEPS * n)  # each block crosses once each way per step, the update included
+
+
+def test_weight_decay_folds_into_the_load_too(tmp_path: Path) -> None:
+    """With every tensor a matrix, MeZO's decay applies to all and folds: θ ← (1 − η·wd)θ − η·g·z at the load."""
+    torch.manual_seed(0)
+    blocks = [torch.nn.Sequential(torch.nn.Linear(10, 16, bias=False), torch.nn.Tanh()),
+              torch.nn.Linear(16, 3, bias=False)]
+    hp = {"lr": 0.05, "eps": 1e-3, "weight_decay": 0.5}
+    ref, _ = _resident(blocks, hp)
+    off, _ = _offloaded(blocks, hp, tmp_path / "w.safetensors")
+    state = off.state()
+    tol = 4 * STEPS * 4 * torch.finfo(torch.float32).eps * max(float(v.abs().max()) for v in ref.values())
+    assert max(float((state[k] - ref[k]).abs().max()) for k in ref) <= tol
 
 
 def test_host_tier_follows_the_same_trajectory() -> None:
