@@ -4,11 +4,30 @@
 # Timings in one process (CUDA-synchronised, interleaved repeats, medians); peak memory (NVML by GPU,
 # torch allocator, RSS) in a fresh process per mode. Writes JSON and the table to $OUT (default
 # benchmarks/results).
+# `run_gpu.sh offload` runs instead the issue-19 figures (benchmarks/gpu_offload.py): an OPT-30B-shaped bf16
+# model ($SHAPE) resident, streamed block by block from pinned host memory by zobench's offload scheduler, and
+# through accelerate's device_map (forwards only), the last two with the GPU capped at $CAP_GIB GiB; NVML per
+# device, torch's allocator, RSS and step times into $OUT/offload-<shape>-<mode>.json, one line each in .txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/results}
 tag=${TAG:-gpu}
 mkdir -p "$out"
+if [ "${1:-bench}" = offload ]; then
+  shape=${SHAPE:-opt-30b}
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/offload-$shape.txt"
+  python3 -m pytest -q -p no:cacheprovider tests/test_offload.py tests/test_parallel.py 2>&1 | tail -2 \
+    | tee -a "$out/offload-$shape.txt"
+  for mode in resident offload device-map; do  # each in a fresh process; one failing does not stop the others
+    timeout "${MODE_TIMEOUT:-900}" python3 benchmarks/gpu_offload.py "$mode" --shape "$shape" \
+      --device "${DEVICE:-cuda}" --cap-gib "${CAP_GIB:-24}" --batch "${BATCH:-4}" --seq "${SEQ:-256}" --steps "${STEPS:-3}" \
+      --json "$out/offload-$shape-$mode.json" > /dev/null || echo "$mode: failed or timed out (exit $?)"
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); m=d['memory']; print(d['mode'], \
+'median_step_s=%.3f' % d['median_step_s'], 'cap_gib=%s' % d['cap_gib'], json.dumps(m.get('peak_bytes', m)))" \
+      "$out/offload-$shape-$mode.json" 2>/dev/null | tee -a "$out/offload-$shape.txt" || true
+  done
+  exit 0
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/opt-1.3b-$tag.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3 | tee -a "$out/opt-1.3b-$tag.txt"
 python3 -c "from zobench.cli import app; app()" bench --model opt-1.3b --device cuda --dtype bfloat16 \

@@ -185,6 +185,14 @@ Count = Annotated[int, Field(strict=True, gt=0)]  # strict: `steps: yes` (YAML t
 Seed = Annotated[int, Field(strict=True, ge=0, lt=2**32)]  # numpy's seed range (runner.seed_everything)
 
 
+class ParallelSettings(Strict):
+    """Data-parallel ZO (zobench/parallel/data.py): the run is one of `data` torch.distributed processes
+    started by a launcher (`torchrun --nproc-per-node N -m zobench.parallel.launch SUITE`)."""
+
+    data: Count = 1
+    mode: Literal["shard", "queries"] = "shard"  # shard: the batch split, losses reduced; queries: q split
+
+
 class RunSettings(Strict):
     """How one run trains and evaluates; suite defaults, overridable per component."""
 
@@ -202,6 +210,7 @@ class RunSettings(Strict):
     max_seconds: float | None = Field(None, gt=0, allow_inf_nan=False, description="stop a run after this much "
                                                                                     "wall-clock")
     lm_eval: LmEvalSettings | None = Field(None, description="lm-eval tasks run on the final model (in-process)")
+    parallel: ParallelSettings | None = Field(None, description="data-parallel ZO over torch.distributed")
 
 
 class Component(BaseModel):

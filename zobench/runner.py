@@ -121,8 +121,8 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> RunRecord:
             # a run that fails later still lands in its task's table column, and says which rows it saw
             record.metrics = Metrics(metric=workload.metric, higher_is_better=workload.higher_is_better)
             example_ids = workload.example_ids
-            method = _method(spec, workload, clock)
-            trained = _train(spec, bundle, workload, method, device, curve, progress, memory, clock)
+            workload, method, parallel = _method(spec, workload, clock)
+            trained = _train(spec, bundle, workload, method, parallel, device, curve, progress, memory, clock)
         record.metrics, record.cost, timing = trained.metrics, trained.cost, trained.timing
         record.info = workload.info
         outcome.status = "done"
@@ -167,21 +167,27 @@ def _workload(spec: RunSpec, device: torch.device) -> tuple[Any, Workload]:
     return bundle, workload
 
 
-def _method(spec: RunSpec, workload: Workload, clock: Clock) -> Method:
-    """The method over the workload's trainable parameters, prepared (compiled first when asked)."""
+def _method(spec: RunSpec, workload: Workload, clock: Clock) -> tuple[Workload, Method, Any]:
+    """The method over the workload's trainable parameters, prepared (compiled first when asked); with
+    `parallel: {data: N}` the workload sharded and the method joined to the other workers (zobench/parallel)."""
     if spec.settings.compile:  # before any forward: the probe, preparation and evaluations run compiled too
         torch._dynamo.reset()  # this run's own graphs: none left by an earlier run in this process
         compile_blocks(workload.module)
     method_cls = registry.methods.get(spec.method.name)
     method = method_cls(workload.trainable(), method_cls.Params.model_validate(spec.method.params), spec.seed)
+    parallel = None
+    if spec.settings.parallel is not None and spec.settings.parallel.data > 1:  # one of N workers: parallel/data.py
+        from zobench.parallel.data import join
+
+        workload, method, parallel = join(spec.settings.parallel.data, spec.settings.parallel.mode, workload, method)
     method.match_model(workload.module)  # first-order: mixed precision when the model's weights are half precision
     if method.prepares:  # training-free baselines: ICL sets demonstrations, linear probing fits its probe
         with clock.phase("prepare"):
             method.prepare(workload)
-    return method
+    return workload, method, parallel
 
 
-def _train(spec: RunSpec, bundle: Any, workload: Workload, method: Method, device: torch.device,
+def _train(spec: RunSpec, bundle: Any, workload: Workload, method: Method, parallel: Any, device: torch.device,
            curve: list[dict[str, Any]], progress: Any, memory: PeakMemory, clock: Clock) -> Trained:
     settings = spec.settings
     amp = method.autocast  # evaluations run at the training forward's precision
@@ -263,6 +269,7 @@ def _train(spec: RunSpec, bundle: Any, workload: Workload, method: Method, devic
                         final_train_loss=train_loss, **({"lm_eval": lm_eval} if lm_eval is not None else {})),
         cost=Cost(steps=steps_done, forward_passes=method.forward_passes, backward_passes=method.backward_passes,
                   state_bytes=method.state_bytes(), trainable_params=sum(p.numel() for p in method.params),
+                  comm_bytes_per_step=parallel.comm_bytes_per_step() if parallel is not None else None,
                   **({"precision": precision} if (precision := method.precision()) is not None else {})),
         timing=Timing(train_s=clock.totals.get("step", 0.0), eval_s=clock.totals.get("evaluation", 0.0),
                       median_step_s=statistics.median(step_times) if step_times else None,

@@ -103,6 +103,7 @@ class Cost(Part):
     backward_passes: int | None = compared("exact")
     state_bytes: int | None = compared("exact")
     trainable_params: int | None = compared("exact")
+    comm_bytes_per_step: int | None = None  # parallel: {data: N}: bytes this worker passed to collectives per step
     precision: dict[str, Any] | None = None
 
 
