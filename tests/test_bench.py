@@ -11,7 +11,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from zobench.bench import OURS, TIME_MODES, MeZOReference, bench, build_subject, compiled_modes, format_table
+from zobench.bench import (
+    OURS,
+    SAME,
+    SAME_LOSS,
+    TIME_MODES,
+    MeZOReference,
+    bench,
+    build_subject,
+    compiled_modes,
+    format_table,
+)
 from zobench.cli import app
 
 
@@ -31,7 +41,8 @@ def test_bench_table_and_ratios(tiny_result: dict) -> None:
     for mode in ("inference", "zo-sgd"):
         assert r["memory"][mode]["peak"]["rss"] > 100 * 2**20  # a whole interpreter with torch in it
         assert r["memory"][mode]["sources"]["rss"]
-    table = format_table(r).splitlines()
+    text = format_table(r)
+    table, same = text.split("\n\n")[0].splitlines(), text.split("\n\n")[1].splitlines()
     assert table[0].startswith("model tiny-opt:")
     assert table[1].split() == ["mode", "median", "s", "/", "F", "peak", "RSS", "MB", "/", "inf"]
     rows = {line.split()[0]: line.split() for line in table[2:]}
@@ -51,6 +62,15 @@ def test_bench_table_and_ratios(tiny_result: dict) -> None:
     assert checked["zo-sgd"][-1] in ("met", "MISSED")  # its memory was probed
     assert checked["zo-sgd-inplace"][-1] == "-"  # not probed: shown as missing, neither met nor missed
     assert target_table[-1].startswith("all three met by: ")
+    # the same-loss block: each of our steps on MeZO's loss, over F-full, and MeZO's step over it
+    t = {m: v["median_s"] for m, v in r["time"].items()}
+    assert same[0].startswith("same loss") and "zo-sgd's defaults: engine" in same[0]
+    same_rows = {line.split()[0]: line.split()[1:] for line in same[2:]}
+    assert set(same_rows) == set(OURS)
+    for m in OURS:
+        assert same_rows[m][0] == f"{t[m + SAME_LOSS] / t['forward-full']:.2f}"
+        assert same_rows[m][1] == f"{t['mezo-reference'] / t[m + SAME_LOSS]:.2f}"
+        assert same_rows[m][2] == f"{t[m] / t['forward']:.2f}"
 
 
 def test_our_loss_equals_the_full_logits_loss() -> None:
@@ -118,3 +138,4 @@ def test_compiled_bench_runs_the_in_place_modes_through_the_compiled_body() -> N
     assert counters["stats"]["unique_graphs"]  # the forwards ran compiled
     assert "compiled" in format_table(r).splitlines()[0]
     assert compiled_modes(OURS) == tuple(m for m in OURS if "inplace" in m)
+    assert compiled_modes(SAME) == tuple(m for m in SAME if "inplace" in m)

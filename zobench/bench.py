@@ -48,7 +48,10 @@ MODELS = ("tiny-opt", "minilm", "smollm2", "opt-1.3b")
 # engine (virtual, inplace) × directions (Gaussian, Rademacher) × rng (torch's generator; `-counter`: rng: counter)
 OURS = ("zo-sgd", "zo-sgd-rademacher", "zo-sgd-counter", "zo-sgd-rademacher-counter", "zo-sgd-inplace",
         "zo-sgd-inplace-rademacher", "zo-sgd-inplace-counter", "zo-sgd-inplace-rademacher-counter")
-TIME_MODES = ("forward", "forward-no-grad", "forward-full", "forward-compiled", *OURS, "mezo-reference", "fo-adam")
+SAME_LOSS = "@full"  # a mode's suffix: the step on `forward-full`, MeZO's loss, so only the engine differs from MeZO's
+SAME = tuple(m + SAME_LOSS for m in OURS)
+TIME_MODES = ("forward", "forward-no-grad", "forward-full", "forward-compiled", *OURS, *SAME, "mezo-reference",
+              "fo-adam")
 MEMORY_MODES = ("inference", *OURS, "mezo-reference", "fo-adam")
 WORDS = ("the film was good bad great dull and the plot was quite a story with music warm cold "
          "ending cast very sweet boring").split()
@@ -186,7 +189,8 @@ def build_subject(name: str, batch: int, seq: int, device: torch.device, dtype: 
 def compiled_modes(modes: tuple[str, ...]) -> tuple[str, ...]:
     """The modes a compiled model can run: the virtual engine's per-op view is not compiled (and F is
     already the compiled forward)."""
-    return tuple(m for m in modes if (m not in OURS or "inplace" in m) and m != "forward-compiled")
+    return tuple(m for m in modes if (m.removesuffix(SAME_LOSS) not in OURS or "inplace" in m)
+                 and m != "forward-compiled")
 
 
 def _build(name: str, batch: int, seq: int, device: torch.device, dtype: torch.dtype) -> Subject:
@@ -279,6 +283,9 @@ def make_mode(mode: str, subject: Subject, seed: int = 0) -> Callable[[], Any]:
         return compiled_forward
     if mode == "forward-no-grad":
         return torch.no_grad()(lambda: float(subject.loss()))
+    loss = subject.loss
+    if mode.endswith(SAME_LOSS):
+        mode, loss = mode.removesuffix(SAME_LOSS), subject.full_loss
     if mode in OURS or mode.removesuffix("-triton") in OURS:  # `-triton`: rng: triton (a GPU with Triton)
         cls = registry.methods.get("zo-sgd")
         hp = {"lr": ZO_LR, "eps": ZO_EPS, "direction": "rademacher" if "rademacher" in mode else "gaussian",
@@ -288,7 +295,7 @@ def make_mode(mode: str, subject: Subject, seed: int = 0) -> Callable[[], Any]:
             p.requires_grad_(True)  # the method keeps what requires grad; the runner then freezes the module
         method = cls(params, cls.Params.model_validate(hp), seed)
         model.requires_grad_(False)
-        return lambda: method.step(subject.loss)
+        return lambda: method.step(loss)
     if mode == "mezo-reference":
         ref = MeZOReference(model, ZO_LR, ZO_EPS, seed=seed)
         return lambda: ref.step(subject.full_loss)
@@ -399,14 +406,18 @@ def bench(model: str = "tiny-opt", batch: int = 16, seq: int = 64, repeats: int 
 
 
 def ratios(result: dict[str, Any]) -> dict[str, float]:
-    """step/F for every step, MeZO-reference/ours, and each mode's peak memory over inference's."""
+    """step/F for every step, MeZO-reference/ours, and each mode's peak memory over inference's. Same loss: our
+    steps on MeZO's loss over `forward-full` (F-full) and MeZO's step over them, so only the engines differ."""
     t = {m: v["median_s"] for m, v in result["time"].items()}
     out: dict[str, float] = {}
-    f = t.get("forward")
+    f, f_full = t.get("forward"), t.get("forward-full")
     for m, s in t.items():
         if f and m != "forward":
             out[f"{m} / F"] = s / f
-    for ours in OURS:
+    for m in (*SAME, "mezo-reference"):
+        if f_full and m in t:
+            out[f"{m} / F-full"] = t[m] / f_full
+    for ours in (*OURS, *SAME):
         if ours in t and "mezo-reference" in t:
             out[f"mezo-reference / {ours}"] = t["mezo-reference"] / t[ours]
     mem = result.get("memory", {})
@@ -440,7 +451,29 @@ def format_table(result: dict[str, Any]) -> str:
             row += f" {_num(peak.get('nvml', 0) / mb or None, '9.0f')}"
             row += f" {_num(peak.get('torch_allocator', 0) / mb or None, '9.0f')}"
         lines.append(row)
-    return "\n".join(lines)
+    return "\n".join(lines + same_loss_lines(result))
+
+
+def same_loss_lines(result: dict[str, Any]) -> list[str]:
+    """Each of our modes beside the MeZO reference on the same (full-vocabulary) loss: step ÷ F-full and MeZO's
+    step ÷ ours, next to our own loss's ratios; and which mode zo-sgd's defaults run."""
+    r = result["ratios"]
+    if not any(f"{m} / F-full" in r for m in SAME):
+        return []
+    from zobench.optim.zo import ZOParams
+
+    default = ZOParams()
+    lines = ["", f"same loss (every step on forward-full, F-full = "
+                 f"{result['time']['forward-full']['median_s']:.4f} s; MeZO reference "
+                 f"{_num(r.get('mezo-reference / F-full'), '4.2f').strip()} F-full); zo-sgd's defaults: "
+                 f"engine {default.engine}, direction {default.direction}, rng {default.rng}",
+             f"{'mode':34s} {'/ F-full':>9s} {'MeZO ÷':>7s}   {'own loss: / F':>13s} {'MeZO ÷':>7s}"]
+    for m in OURS:
+        same = m + SAME_LOSS
+        mezo = r.get(f"mezo-reference / {same}")
+        lines.append(f"{m:34s} {_num(r.get(f'{same} / F-full'), '9.2f')} {_num(mezo, '7.2f')}"
+                     f"   {_num(r.get(f'{m} / F'), '13.2f')} {_num(r.get(f'mezo-reference / {m}'), '7.2f')}")
+    return lines
 
 
 def _num(x: float | None, fmt: str) -> str:
