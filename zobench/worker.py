@@ -51,6 +51,7 @@ def run_spec_json(spec_json: str, results: str, threads: int | None = None, wait
     exceptions back; a plain dict crosses all of them.
     """
     from zobench.errors import UserError
+    from zobench.executors.lines import StepFile
     from zobench.executors.local import run_claimed
     from zobench.grid import RunSpec
     from zobench.store import Store
@@ -60,7 +61,8 @@ def run_spec_json(spec_json: str, results: str, threads: int | None = None, wait
     spec = RunSpec.model_validate_json(spec_json)
     try:
         with torch_threads(threads):
-            summary = run_claimed(spec, Store(results, spec.suite), wait=wait)
+            store = Store(results, spec.suite)  # the step goes to the run's folder, for the parent's step lines
+            summary = run_claimed(spec, store, StepFile(store.run_dir(spec.run_id)), wait=wait)
     except UserError as e:
         return {"user_error": str(e), "run_id": spec.run_id}
     return summary if summary is not None else {"held_elsewhere": True, "run_id": spec.run_id}
