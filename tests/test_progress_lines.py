@@ -138,3 +138,21 @@ def test_fanout_executors_in_a_pipe_print_steps_finished_runs_and_the_fallback_o
     assert all(": done test " in line for line in finished)
     assert sum(": step 4/4 loss " in line for line in lines) == 2, result.output
     assert result.output.count("device: auto found no GPU") == 1, result.output
+
+
+def test_on_a_terminal_the_fanout_board_keeps_its_bar_and_says_the_fallback_once(tmp_path: Path):
+    from zobench.executors.fanout import Board, board
+    from zobench.store import Store
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=200)
+    fell_back = {"status": "done", "device_fallback": "device: auto found no GPU", "env": {"host": "h"}}
+    with board(console, 2, "pool", Store(tmp_path, "s")) as grid:
+        assert isinstance(grid.display, Board)
+        for name in ("run-a", "run-b"):
+            grid.started()
+            grid.tick([SimpleNamespace(run_id=name)])
+            grid.finished(SimpleNamespace(run_id=name), fell_back, "cpu slot 0")
+    text = buffer.getvalue()
+    assert text.count("WARNING: device: auto found no GPU on h") == 1
+    assert "run-a [cpu slot 0]: done" in text and "run-b [cpu slot 0]: done" in text
