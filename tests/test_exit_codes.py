@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
+import torch
 import yaml
 from typer.testing import CliRunner
 
+from zobench import grid, store
 from zobench.cli import app
 
 
@@ -38,6 +41,33 @@ def test_a_diverged_run_exits_1_and_is_named(tmp_path):
     assert "1 runs did not finish" in result.output and "(diverged)" in result.output
     # a second call finds the good run cached and the bad one still bad: still 1
     assert run(suite(tmp_path, [0.01, 1e9]), tmp_path).exit_code == 1
+
+
+def test_no_summary_written_at_all_exits_1(tmp_path, monkeypatch):
+    """A full disk: every run trains, but no summary.json can be written; the run must not look like a success."""
+    real = store.atomic_write
+
+    def full_disk(path: Path, data: bytes) -> None:
+        if path.name == "summary.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(store, "atomic_write", full_disk)
+    result = run(suite(tmp_path, [0.01, 0.02]), tmp_path)
+    assert result.exit_code == 1, result.output
+    assert "not written (the disk is full)" in result.output and "2 of 2 runs left no summary" in result.output
+    monkeypatch.setattr(store, "atomic_write", real)  # space freed: the same command finishes them
+    assert run(suite(tmp_path, [0.01, 0.02]), tmp_path).exit_code == 0
+
+
+def test_device_auto_fallback_is_said_once_per_suite(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(grid, "_cuda_available", lambda: False)
+    path = suite(tmp_path, [0.01, 0.02, 0.03])
+    path.write_text(path.read_text().replace("device: cpu", "device: auto"))
+    result = run(path, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert " ".join(result.output.split()).count("device: auto found no GPU") == 1, result.output
 
 
 def test_bad_input_exits_2_before_anything_runs(tmp_path):

@@ -133,10 +133,17 @@ def _run_and_report(suite: Any, specs: list[RunSpec], results: Path, reports: Pa
     from zobench.report.frame import method_task_table, runs_frame
 
     frame = runs_frame(store.dir)
-    if frame.empty:  # nothing finished yet (e.g. jobs submitted without waiting)
+    frame = frame[frame["run_id"].isin({s.run_id for s in specs})] if not frame.empty else frame
+    waited = suite.executor.options_for(engine).get("wait", True) is not False  # slurm's wait: false submits only
+    unrecorded = len(specs) - len(frame) if waited else 0  # runs that left no summary (a full disk, ...)
+    if not waited and frame.empty:
         out.print(f"no finished runs yet in {store.dir}/; when they end: zobench report {store.dir}")
         return
-    frame = frame[frame["run_id"].isin({s.run_id for s in specs})]
+    if unrecorded:
+        out.print(f"{unrecorded} of {len(specs)} runs left no summary in {store.dir}/ (see the messages above); "
+                  f"run the suite again to redo them")
+        if frame.empty:
+            raise typer.Exit(RUNS_NOT_DONE)
     from zobench.report.selection import select
 
     out.print(method_task_table(select(frame).chosen).to_string())  # swept cells: the configuration chosen on dev
@@ -147,8 +154,8 @@ def _run_and_report(suite: Any, specs: list[RunSpec], results: Path, reports: Pa
     if report:
         page = build_report(store.dir, reports)  # the suite's settings: from suite.json, written before the runs
         out.print(f"report:  {page}")
-    if not bad.empty:  # scripts and CI see it; the report is still built
-        raise typer.Exit(RUNS_NOT_DONE)
+    if not bad.empty or unrecorded:
+        raise typer.Exit(RUNS_NOT_DONE)  # scripts and CI see it; the report is still built
 
 
 @app.command(name="check")

@@ -51,6 +51,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_FALLBACK_SAID: set[str] = set()  # results folders whose suite was told about device: auto's fallback
+
+
 def device_fallback(name: str, device: torch.device) -> str | None:
     """Why an `auto` run is on the CPU, said loudly: an OPT-13B grid would otherwise crawl for days unnoticed.
     (The host and CUDA_VISIBLE_DEVICES are in the printed warning and the summary's env.)"""
@@ -100,9 +103,11 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> RunRecord:
     except UserError as e:  # device: cuda where none is visible: this run fails, saying where it ran
         device, device_error = torch.device("cpu"), str(e)
     fallback = device_fallback(spec.settings.device, device)
-    if fallback:
+    if fallback and str(store.dir.resolve()) not in _FALLBACK_SAID:  # once per suite and process, not per run
+        _FALLBACK_SAID.add(str(store.dir.resolve()))
         print(f"WARNING [{run_id}]: {fallback} on {platform.node()}, CUDA_VISIBLE_DEVICES="
-              f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}", file=sys.stderr, flush=True)
+              f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')} (said once for the suite; each run's summary "
+              f"records it as device_fallback)", file=sys.stderr, flush=True)
     outcome = Outcome(status="failed", attempt=len(store.attempts(run_id)) or None, pid=os.getpid(),
                       **({"device_fallback": fallback} if fallback else {}))
     record = RunRecord(run_id=run_id, spec_hash=spec.spec_hash, suite=spec.suite, seed=spec.seed,

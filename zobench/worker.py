@@ -74,6 +74,7 @@ def run_spec_json(spec_json: str, results: str, threads: int | None = None, wait
     exceptions back; a plain dict crosses all of them.
     """
     from zobench.errors import UserError
+    from zobench.executors.lines import StepFile
     from zobench.grid import RunSpec
     from zobench.store import Store
 
@@ -82,7 +83,8 @@ def run_spec_json(spec_json: str, results: str, threads: int | None = None, wait
     spec = RunSpec.model_validate_json(spec_json)
     try:
         with torch_threads(threads):
-            record = run_claimed(spec, Store(results, spec.suite), wait=wait)
+            store = Store(results, spec.suite)  # the step goes to the run's folder, for the parent's step lines
+            record = run_claimed(spec, store, StepFile(store.run_dir(spec.run_id)), wait=wait)
     except UserError as e:
         return {"user_error": str(e), "run_id": spec.run_id}
     return record.flat() if record is not None else {"held_elsewhere": True, "run_id": spec.run_id}

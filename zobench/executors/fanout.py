@@ -5,7 +5,7 @@ whose worker died before the runner could write one."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zobench.errors import UserError
+from zobench.executors.lines import LineBoard, wants_lines
 from zobench.executors.local import Executor
 from zobench.grid import RunSpec
 from zobench.measure import environment
@@ -49,22 +50,52 @@ class Board:
         self.running += 1
         self.bar.update(self.grid, info=f"{self.running} running")
 
-    def finished(self, spec: RunSpec, summary: dict[str, Any], where: str = "") -> None:
+    def tick(self, specs: Iterable[RunSpec]) -> None:
+        """Step lines are for consoles without the live bar (LineBoard)."""
+
+    def finished(self, spec: RunSpec, summary: dict[str, Any], where: str, headline: str) -> None:
         self.running = max(0, self.running - 1)
         status = "held by another process" if summary.get("held_elsewhere") else summary.get("status", "?")
         place = f" [{where}]" if where else ""
-        self.bar.console.print(f"  {spec.run_id[:70]}{place}: {status} {headline(summary)}", markup=False,
-                               highlight=False)
+        self.bar.console.print(f"  {spec.run_id[:70]}{place}: {status} {headline}", markup=False, highlight=False)
         self.bar.update(self.grid, advance=1, info=f"{self.running} running")
 
 
+class Grid:
+    """What a fan-out executor reports as its runs go: the live bar on a terminal, lines elsewhere (nohup,
+    Slurm, pipes); `device: auto`'s fallback to the CPU said once for the grid, when the first such run ends."""
+
+    def __init__(self, console: Console, display: Board | LineBoard) -> None:
+        self.console, self.display = console, display
+        self.fallback_said = False
+
+    def started(self) -> None:
+        self.display.started()
+
+    def tick(self, specs: Iterable[RunSpec]) -> None:
+        """Call every second or so with the runs not finished yet."""
+        self.display.tick(specs)
+
+    def finished(self, spec: RunSpec, summary: dict[str, Any], where: str = "") -> None:
+        fallback = summary.get("device_fallback")
+        if fallback and not self.fallback_said:
+            self.fallback_said = True
+            host = (summary.get("env") or {}).get("host", "")
+            self.console.print(f"WARNING: {fallback}{f' on {host}' if host else ''} (said once for the grid; "
+                               f"each run's summary records it as device_fallback)", markup=False, highlight=False)
+        self.display.finished(spec, summary, where, headline(summary))
+
+
 @contextmanager
-def board(console: Console, total: int, title: str) -> Iterator[Board]:
+def board(console: Console, total: int, title: str, store: Store) -> Iterator[Grid]:
+    console.print(title, highlight=False)
+    if wants_lines(console):
+        yield Grid(console, LineBoard(console, total, store.run_dir))
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn())
-    console.print(title, highlight=False)
     with Progress(*columns, console=console, transient=False) as bar:
-        yield Board(bar, total)
+        yield Grid(console, Board(bar, total))
 
 
 def headline(summary: dict[str, Any]) -> str:

@@ -1,18 +1,25 @@
 """Progress as plain lines, for consoles that are not terminals (nohup, Slurm, CI logs, pipes).
 
-rich's live bar draws nothing there until the end; this stands in for it with the same calls the local
-executor makes: a line per finished run with the grid's count, and a step line per run at most every
-`interval` seconds ($ZOBENCH_PROGRESS_SECONDS, default 30).
+rich's live bar draws nothing there until the end; this stands in for it: a line per finished run with the
+grid's count, and a step line per run at most every `interval` seconds ($ZOBENCH_PROGRESS_SECONDS, default
+30). `LineProgress` takes the calls the local executor makes. Runs of the fan-out executors (subprocess,
+slurm, ray) train in other processes, so their step goes through the run's folder: the worker's `StepFile`
+writes `.progress.json` (a dot file: not among the checksummed results) and the parent's `LineBoard` reads it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+from zobench.store import atomic_write
 
 DEFAULT_INTERVAL_S = 30.0
 
@@ -93,3 +100,78 @@ class LineProgress:
         of = f"/{task.total:g}" if task.total else ""
         line, self.finished_line = self.finished_line, None
         self._print(f"[{task.completed:g}{of}] {line}" if line else f"[{task.completed:g}{of}] runs finished")
+
+
+STEP_FILE = ".progress.json"
+
+
+class StepFile:
+    """A worker's progress callback: the run's latest step in its folder, rewritten at the first step, the last,
+    and otherwise at most every `interval` seconds (a shared filesystem is not hammered)."""
+
+    def __init__(self, folder: Path, interval: float | None = None) -> None:
+        self.path = Path(folder) / STEP_FILE
+        self.interval = progress_interval() if interval is None else interval
+        self.started = time.time()
+        self.written: float | None = None
+
+    def __call__(self, step: int, total: int, loss: float) -> None:
+        now = time.time()
+        if self.written is not None and step < total and now - self.written < self.interval:
+            return
+        self.written = now
+        record = {"step": step, "total": total, "loss": loss, "started": self.started, "at": now}
+        try:
+            atomic_write(self.path, json.dumps(record).encode())
+        except OSError:  # progress is a courtesy: a full or read-only disk must not fail the run
+            pass
+
+
+def read_step(folder: Path) -> dict[str, Any] | None:
+    """The step a worker last wrote for the run in `folder`, or None (not started, or unreadable)."""
+    try:
+        record = json.loads((Path(folder) / STEP_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
+class LineBoard:
+    """The fan-out executors' board as lines: `tick` prints a step line per running run at most every
+    `interval` seconds (from its step file); `finished` prints the run's last step and a line with the count."""
+
+    def __init__(self, console: Console, total: int, run_dir: Any, interval: float | None = None) -> None:
+        self.console, self.total, self.run_dir = console, total, run_dir
+        self.interval = progress_interval() if interval is None else interval
+        self.opened = time.time()
+        self.done = 0
+        self.shown: dict[str, tuple[int, float]] = {}  # run id -> (step last printed, time.time() then)
+
+    def _print(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def started(self) -> None:
+        pass
+
+    def tick(self, specs: Iterable[Any]) -> None:
+        """A step line for each run whose step file moved on, `interval` seconds after its start or last line."""
+        now = time.time()
+        for spec in specs:
+            record = read_step(self.run_dir(spec.run_id))
+            if record is None or record.get("at", 0) < self.opened - 1:  # not started, or an earlier attempt's
+                continue
+            step, when = self.shown.get(spec.run_id, (-1, record.get("started", 0)))
+            if record["step"] <= step or now - when < self.interval:
+                continue
+            self.shown[spec.run_id] = (record["step"], now)
+            elapsed = record.get("at", 0) - record.get("started", 0)
+            self._print(f"{spec.run_id}: step {record['step']}/{record.get('total', '?')} "
+                        f"loss {record.get('loss', float('nan')):.4g} ({elapsed:.0f}s)")
+
+    def finished(self, spec: Any, summary: dict[str, Any], where: str, headline: str) -> None:
+        """The run's last step (when its interval is up) and its outcome, numbered in finishing order."""
+        self.tick([spec])
+        self.done += 1
+        status = "held by another process" if summary.get("held_elsewhere") else summary.get("status", "?")
+        place = f" [{where}]" if where else ""
+        self._print(f"[{self.done}/{self.total}] {spec.run_id}{place}: {status} {headline}")

@@ -105,7 +105,7 @@ class SubprocessExecutor(FanoutExecutor):
         results: dict[str, dict[str, Any]] = {}
         kind = slots[0].label.split()[0]
         title = f"subprocess pool: {len(slots)} {kind} slots, {slots[0].threads} thread(s) per run"
-        with board(self.console, len(specs), title) as b, cf.ThreadPoolExecutor(len(slots)) as pool:
+        with board(self.console, len(specs), title, store) as b, cf.ThreadPoolExecutor(len(slots)) as pool:
 
             def one(spec: RunSpec) -> tuple[dict[str, Any], str]:
                 slot = free.get()
@@ -119,7 +119,8 @@ class SubprocessExecutor(FanoutExecutor):
             try:
                 todo = set(futures)
                 while todo:
-                    finished, todo = cf.wait(todo, return_when=cf.FIRST_COMPLETED)
+                    finished, todo = cf.wait(todo, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+                    b.tick(futures[f] for f in todo)  # step lines, where the console is not a terminal
                     for fut in finished:
                         summary, where = fut.result()
                         spec = futures[fut]

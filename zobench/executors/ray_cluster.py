@@ -90,13 +90,14 @@ class RayExecutor(FanoutExecutor):
         title = (f"ray: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; per run {o.num_cpus:g} CPU, "
                  f"{gpus:g} GPU, {threads} thread(s): up to {at_once} at once")
         results: dict[int, dict[str, Any]] = {}
-        with board(self.console, len(specs), title) as b:
+        with board(self.console, len(specs), title, store) as b:
             for _ in range(min(at_once, len(specs))):
                 b.started()
             pending = list(refs)
             try:
                 while pending:
                     done, pending = ray.wait(pending, num_returns=1, timeout=1.0)  # timeout: Ctrl-C gets through
+                    b.tick(specs[refs[ref]] for ref in pending)  # step lines, where the console is not a terminal
                     for ref in done:
                         i = refs[ref]
                         results[i] = self._result(ray, ref, specs[i], store)

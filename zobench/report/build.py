@@ -178,7 +178,7 @@ def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, records: list[tuple[P
     figures += [traj_figure] if traj_figure else []
     from zobench.report.blackbox import section as blackbox_section  # only with black-box method runs
 
-    blackbox_tables, blackbox_figures = blackbox_section(summaries, tables_dir)
+    blackbox_tables, blackbox_figures = blackbox_section(records, tables_dir)
     ours += blackbox_tables
     figures += blackbox_figures
 

@@ -60,3 +60,15 @@ class SyntheticSentiment(ChoiceTask):
     @classmethod
     def render(cls, row: dict[str, Any]) -> Choice:
         return Choice(prompt=f"{row['sentence']} It was", options=cls.options, label=row["label"])
+
+
+@tasks.register("synthetic-sentiment-mlm")
+class SyntheticSentimentMasked(SyntheticSentiment):
+    """The generated sentiment task as an LM-BFF prompt for a masked LM: '<sentence> It was <mask>.' → {bad, good}
+    (the quickstart's MiniLM; same rows as synthetic-sentiment)."""
+
+    masked = True
+
+    @classmethod
+    def render(cls, row: dict[str, Any]) -> Choice:
+        return Choice(prompt=f"{row['sentence']} It was", options=cls.options, label=row["label"], suffix=".")
