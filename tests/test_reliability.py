@@ -293,7 +293,7 @@ DAMAGE = {  # what a crash, a full disk, a hand edit or another program can leav
 def test_a_damaged_run_is_named_skipped_by_the_report_and_redone(write_suite, tmp_path, case):
     path, results, reports = write_suite(FAST), tmp_path / "results", tmp_path / "reports"
     assert _invoke(path, results).exit_code == 0
-    folder = sorted((results / "fast").iterdir())[0]
+    folder = sorted(p for p in (results / "fast").iterdir() if p.is_dir())[0]
     summary = json.loads((folder / "summary.json").read_text())
     assert set(summary["files"]) == {"spec.yaml", "curve.parquet"}  # checksums recorded
     DAMAGE[case](folder, summary)

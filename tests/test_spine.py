@@ -32,7 +32,7 @@ def test_suite_runs_resumes_and_reports(write_suite, tmp_path):
     path = write_suite(SUITE)
     result = _run(path, tmp_path)
     assert result.exit_code == 0, result.output
-    runs = sorted((tmp_path / "results" / "spine").iterdir())
+    runs = sorted(p for p in (tmp_path / "results" / "spine").iterdir() if p.is_dir())  # suite.json beside them
     assert len(runs) == 8
     for run in runs:
         assert {"spec.yaml", "curve.parquet", "summary.json"} <= {p.name for p in run.iterdir()}
