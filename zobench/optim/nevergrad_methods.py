@@ -9,6 +9,10 @@ restart. The search space is `ng.p.Array` started at θ₀ with the mutation sca
 random state is seeded with the run seed, which seeds every draw nevergrad makes for it (and `cma`'s normal draws,
 which nevergrad passes as `randn`, optimizerlib.py:766). State: the optimiser pickled
 (its distribution, its archive of evaluated points), a measured size rather than a formula.
+
+Known failure: with numpy 2.4, NGOpt at small budgets (e.g. 40 evaluations in 2-D) picks a metamodel whose
+`float(model.predict(...))` on a length-1 array raises TypeError (nevergrad 1.0.12 metamodel.py:177); the run is
+recorded as failed with that traceback. At 2000 evaluations (suites/blackbox.yaml) NGOpt runs.
 """
 
 from __future__ import annotations

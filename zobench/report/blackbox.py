@@ -126,7 +126,7 @@ def curves_figure(best: pd.DataFrame) -> bytes | None:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=False):
             handles.setdefault(lab, h)
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 8), frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.16 / rows, 1, 1))  # room for the legend below the x labels
     return to_png(fig)
 
 
