@@ -182,3 +182,23 @@ def test_an_embedding_lookup_draws_only_the_pieces_it_reads(monkeypatch):
     z = method.direction(0, emb.weight, 4)
     assert seen == pytest.approx(float((emb.weight + 0.5 * z)[ids].sum()), rel=1e-6)
 
+
+
+def test_the_engine_and_generator_a_run_uses_are_named_in_its_resolved_spec(tmp_path):
+    """What could change the numbers is in the spec: the defaults are written out (so in the record and the run id),
+    and runs differing only in the generator or the engine get different run ids."""
+    from zobench.config import load_suite
+    from zobench.grid import expand
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: rng\ngrid:\n  tasks: [softmax-regression]\n  methods:\n"
+                    "    - {name: zo-sgd, label: plain}\n    - {name: zo-sgd, label: counter, rng: counter}\n"
+                    "    - {name: zo-sgd, label: inplace, engine: inplace}\n")
+    suite, lines = load_suite(path)
+    specs = {s.method.label: s for s in expand(suite, path, lines)}
+    default = registry.methods.get("zo-sgd").Params()
+    assert {k: specs["plain"].method.params[k] for k in ("engine", "rng")} == {"engine": default.engine,
+                                                                               "rng": default.rng}
+    assert specs["counter"].method.params["rng"] == "counter"
+    assert specs["inplace"].method.params["engine"] == "inplace"
+    assert len({s.spec_hash for s in specs.values()}) == 3
