@@ -344,7 +344,7 @@ def test_a_full_disk_is_recorded_and_the_grid_goes_on(write_suite, tmp_path, mon
     for p in (results / "fast").rglob("summary.json"):
         p.unlink()
     result = _invoke(path, results)
-    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.exit_code == 1, (result.output, result.exception)  # no summary written: not done (issue 21)
     lines = [line for line in result.output.splitlines() if "summary.json: not written (the disk is full)" in line]
     assert len(lines) == 2  # one line per run, both runs tried
     assert not list((results / "fast").rglob("summary.json"))
