@@ -39,7 +39,7 @@ def mezo_reference(n_train: int, n_valid: int, num_train: int, num_dev: int, num
 def task_ids(name: str, seed: int, **params) -> tuple[dict[str, list], dict[str, list[str]]]:
     cls = registry.tasks.get(name)
     data = cls.splits(cls.Params.model_validate(params), seed)
-    return data, cls._ids
+    return data.data, data.ids
 
 
 def count_lines(path, skip_header: bool) -> int:

@@ -172,6 +172,21 @@ def mezo_sample(train: list[Any] | None, valid: list[Any], p: Any, seed: int) ->
     return Sampled(parts, ids, note, train)
 
 
+@dataclass
+class Splits:
+    """One run's examples: rendered train/dev/test, each example's row id, how they were drawn, and the rows
+    MeZO's ICL draws demonstrations from. Returned by a task's `splits`, never kept on the task class, which
+    every run in the process shares. `splits["train"]` is the rendered train split."""
+
+    data: dict[str, list[Any]]
+    ids: dict[str, list[str]] = field(default_factory=dict)
+    note: str = ""
+    pool: list[Any] = field(default_factory=list)
+
+    def __getitem__(self, split: str) -> list[Any]:
+        return self.data[split]
+
+
 def mezo_splits(train: list[Any] | None, valid: list[Any], p: Any, seed: int) -> tuple[dict[str, list[Any]], str]:
     """`mezo_sample` without the ids (the generation and custom tasks' entry point)."""
     sampled = mezo_sample(train, valid, p, seed)
@@ -212,14 +227,13 @@ class ChoiceTask(Task):
         return out, out_ids
 
     @classmethod
-    def splits(cls, p: ChoiceParams, seed: int) -> dict[str, list[Choice]]:
-        """The rendered examples of train, dev and test, in sampling order; their row ids go to `cls._ids`."""
+    def splits(cls, p: ChoiceParams, seed: int) -> Splits:
+        """The rendered examples of train, dev and test in sampling order, with their row ids."""
         sampled = mezo_sample(cls.load(p, "train", seed), cls.load(p, "validation", seed) or [], p, seed)
-        cls._note, cls._pool = sampled.note, sampled.pool
-        data, cls._ids = {}, {}
+        out = Splits({}, {}, sampled.note, sampled.pool)
         for split, rows in sampled.parts.items():
-            data[split], cls._ids[split] = cls.render_all(rows, sampled.ids[split])
-        return data
+            out.data[split], out.ids[split] = cls.render_all(rows, sampled.ids[split])
+        return out
 
     @classmethod
     def check_model(cls, bundle: ModelBundle) -> None:
@@ -235,7 +249,6 @@ class ChoiceTask(Task):
         if bundle is None:
             raise UserError(f"task '{cls.registered_name}' needs a model")
         cls.check_model(bundle)
-        cls._note, cls._ids, cls._pool = "", {}, []
         data = cls.splits(p, seed)
         if not data["train"]:
             raise UserError(f"task '{cls.registered_name}': the train split is empty (MeZO takes dev_size="
@@ -260,13 +273,13 @@ def mezo_bos_id(bundle: ModelBundle) -> int | None:
     return 0 if getattr(_config(bundle), "model_type", None) == "opt" else None
 
 
-def _pool(task: type[ChoiceTask]) -> Callable[[], list[Any]] | None:
-    rows = getattr(task, "_pool", None)
+def _pool(task: type[ChoiceTask], rows: list[Any]) -> Callable[[], list[Any]] | None:
     return (lambda: task.render_all(rows)[0]) if rows else None
 
 
-def choice_workload(task: type[ChoiceTask], p: ChoiceParams, data: dict[str, list[Choice]], bundle: ModelBundle,
+def choice_workload(task: type[ChoiceTask], p: ChoiceParams, splits: Splits, bundle: ModelBundle,
                     device: torch.device) -> PromptWorkload:
+    data = splits.data
     model = bundle.model
     as_classification = p.train_as_classification
     if as_classification is None:
@@ -318,12 +331,12 @@ def choice_workload(task: type[ChoiceTask], p: ChoiceParams, data: dict[str, lis
 
     max_length = model_max_length(bundle, p.max_length)
     info: dict[str, Any] = {f"{k}_size": len(v) for k, v in data.items()}
-    info.update(max_length=max_length, objective=p.objective, protocol=getattr(task, "_note", ""),
+    info.update(max_length=max_length, objective=p.objective, protocol=splits.note,
                 train_loss="classification" if not only_correct else "answer-nll")
     workload = PromptWorkload(
         module=model, train_size=len(data["train"]), loss=loss, make_batch=make_batch, evaluate=evaluate,
         metric="accuracy", higher_is_better=True, info=info, data=data, tokenizer=bundle.tokenizer,
-        kind=bundle.kind, max_length=max_length, device=device, example_ids=dict(getattr(task, "_ids", {})),
-        bos_id=mezo_bos_id(bundle), demonstration_pool=_pool(task),
+        kind=bundle.kind, max_length=max_length, device=device, example_ids=dict(splits.ids),
+        bos_id=mezo_bos_id(bundle), demonstration_pool=_pool(task, splits.pool),
     )
     return workload

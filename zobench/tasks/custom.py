@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator, model_
 from zobench.errors import FieldError, UserError
 from zobench.models.base import ModelBundle
 from zobench.registry import tasks
-from zobench.tasks.base import ChoiceParams, ChoiceTask, choice_workload, mezo_splits
+from zobench.tasks.base import ChoiceParams, ChoiceTask, Splits, choice_workload, mezo_splits
 from zobench.tasks.generation import Answerable, GenerationParams, generation_workload
 from zobench.tasks.scoring import Choice
 
@@ -458,7 +458,6 @@ class CustomTask(ChoiceTask):
             cp = ChoiceParams(train_size=p.train_size, dev_size=p.dev_size, test_size=p.test_size,
                               max_length=p.max_length, eval_batch_size=p.eval_batch_size,
                               objective=p.objective, train_as_classification=p.train_as_classification)
-            cls._note = note
-            workload = choice_workload(cls, cp, data, bundle, device)  # type: ignore[arg-type]
+            workload = choice_workload(cls, cp, Splits(data, note=note), bundle, device)  # type: ignore[arg-type]
         workload.metric = p.metric
         return workload

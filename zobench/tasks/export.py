@@ -37,9 +37,9 @@ def examples(name: str, seed: int, split: str, params: dict[str, Any]) -> list[d
     from zobench.tasks.lmbff import KShotParams
 
     seed_used = p.data_seed if isinstance(p, KShotParams) and p.data_seed is not None else seed  # as KShotTask.build
-    cls._ids = {}
-    data = cls.splits(p, seed_used)
-    ids = getattr(cls, "_ids", {}).get(split) or [None] * len(data[split])
+    splits = cls.splits(p, seed_used)
+    data = splits.data
+    ids = splits.ids.get(split) or [None] * len(data[split])
     return [record(n, row_id, ex) for n, (row_id, ex) in enumerate(zip(ids, data[split], strict=True))]
 
 

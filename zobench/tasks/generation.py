@@ -23,6 +23,7 @@ from zobench.tasks import metrics
 from zobench.tasks.base import (
     NonDifferentiableObjective,
     PromptWorkload,
+    Splits,
     Task,
     mezo_bos_id,
     mezo_sample,
@@ -73,17 +74,16 @@ class GenerationTask(Task):
         p = GenerationParams.model_validate(params)
         if bundle is None or bundle.kind != "causal":
             raise UserError(f"task '{cls.registered_name}' generates answers: it needs a causal LM")
-        data = cls.splits(p, seed)
-        workload = generation_workload(p, data, bundle, device, cls._note)
-        workload.example_ids = dict(cls._ids)
+        splits = cls.splits(p, seed)
+        workload = generation_workload(p, splits.data, bundle, device, splits.note)
+        workload.example_ids = dict(splits.ids)
         return workload
 
     @classmethod
-    def splits(cls, p: GenerationParams, seed: int) -> dict[str, list[Answerable]]:
-        """MeZO's sample of train, dev and test, rendered; row ids in `cls._ids`, how they were drawn in `_note`."""
+    def splits(cls, p: GenerationParams, seed: int) -> Splits:
+        """MeZO's sample of train, dev and test, rendered, with their row ids and how they were drawn."""
         sampled = mezo_sample(cls.rows("train", p.data_dir), cls.rows("validation", p.data_dir) or [], p, seed)
-        cls._note, cls._ids = sampled.note, sampled.ids
-        return {k: [cls.render(r) for r in v] for k, v in sampled.parts.items()}
+        return Splits({k: [cls.render(r) for r in v] for k, v in sampled.parts.items()}, sampled.ids, sampled.note)
 
 
 def newline_ids(tokenizer: Any) -> list[int]:

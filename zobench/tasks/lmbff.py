@@ -27,7 +27,7 @@ from pydantic import PositiveInt
 from zobench.errors import UserError
 from zobench.models.base import ModelBundle
 from zobench.registry import tasks
-from zobench.tasks.base import ChoiceParams, ChoiceTask, choice_workload
+from zobench.tasks.base import ChoiceParams, ChoiceTask, Splits, choice_workload
 from zobench.tasks.io import hub, read_csv, read_tsv, read_tsv_rows
 from zobench.tasks.sampling import lmbff_kshot, lmbff_test_1k
 from zobench.tasks.scoring import Choice
@@ -112,17 +112,17 @@ class KShotTask(ChoiceTask):
         return parts, ids
 
     @classmethod
-    def splits(cls, p: ChoiceParams, seed: int) -> dict[str, list[Choice]]:
+    def splits(cls, p: ChoiceParams, seed: int) -> Splits:
         assert isinstance(p, KShotParams)
         folder = cls.kshot_folder(Path(p.data_dir), p.k, seed) if p.data_dir else None
         if folder is not None:
             raw = {s: cls.read_file(folder, s) for s in ("train", "dev", "test")}
-            cls._ids = {s: [f"{s}:{i}" for i in range(len(rows))] for s, rows in raw.items()}
-            cls._note = f"LM-BFF k-shot files {folder.parent.name}/{folder.name}"
+            ids = {s: [f"{s}:{i}" for i in range(len(rows))] for s, rows in raw.items()}
+            note = f"LM-BFF k-shot files {folder.parent.name}/{folder.name}"
         else:
-            raw, cls._ids = cls.sample(p, seed)
-            cls._note = f"k={p.k} per class sampled with seed {seed} (LM-BFF tools/generate_k_shot_data.py)"
-        return {s: [cls.choice(*r) for r in rows] for s, rows in raw.items()}
+            raw, ids = cls.sample(p, seed)
+            note = f"k={p.k} per class sampled with seed {seed} (LM-BFF tools/generate_k_shot_data.py)"
+        return Splits({s: [cls.choice(*r) for r in rows] for s, rows in raw.items()}, ids, note)
 
     @classmethod
     def check_model(cls, bundle: ModelBundle) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import PositiveInt
 
 from zobench.registry import tasks
-from zobench.tasks.base import ChoiceParams, ChoiceTask
+from zobench.tasks.base import ChoiceParams, ChoiceTask, Splits
 from zobench.tasks.scoring import Choice
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "warm", "bright", "fun", "sweet", "happy"]
@@ -48,14 +48,14 @@ class SyntheticSentiment(ChoiceTask):
         return rows
 
     @classmethod
-    def splits(cls, p: ChoiceParams, seed: int) -> dict[str, list[Choice]]:
+    def splits(cls, p: ChoiceParams, seed: int) -> Splits:
         assert isinstance(p, SyntheticParams)
         rng = random.Random(p.data_seed)
         pool = cls.generate(p.train_size + p.dev_size + p.test_size, rng)
         random.Random(seed).shuffle(train_dev := pool[: p.train_size + p.dev_size])
         parts = {"train": train_dev[: p.train_size], "dev": train_dev[p.train_size:],
                  "test": pool[p.train_size + p.dev_size:]}
-        return {k: [cls.render(r) for r in v] for k, v in parts.items()}
+        return Splits({k: [cls.render(r) for r in v] for k, v in parts.items()})
 
     @classmethod
     def render(cls, row: dict[str, Any]) -> Choice:
