@@ -30,7 +30,20 @@ def tensors() -> list[torch.nn.Parameter]:
 def test_the_generator_is_the_one_the_spec_names(name, hp, kind):
     method = build(name, tensors(), **hp)
     assert type(method.directions) is kind
-    assert isinstance(method.engine, engines.InplaceEngine if hp.get("engine") == "inplace" else engines.VirtualEngine)
+    in_place = registry.methods.get(name).resolved({"engine": hp.get("engine", "auto")})["engine"] == "inplace"
+    assert isinstance(method.engine, engines.InplaceEngine if in_place else engines.VirtualEngine)
+
+
+@pytest.mark.parametrize(("name", "engine"), [("zo-sgd", "inplace"), ("zo-adam", "inplace"), ("lozo", "inplace"),
+                                              ("hizoo", "virtual"), ("sparse-mezo", "virtual"),
+                                              ("forward-grad", "virtual"), ("cge", "virtual")])
+def test_auto_engine_is_in_place_where_the_method_can_run_there(name, engine):
+    """`engine: auto` (the default): MeZO's in-place engine, except for methods making their own queries or drawing
+    z from θ, which in place would skip queries or see a moved θ; what it picks is in the spec (grid resolves it)."""
+    cls = registry.methods.get(name)
+    assert cls.resolved(cls.Params().model_dump())["engine"] == engine
+    assert isinstance(build(name, tensors()).engine, engines.InplaceEngine if engine == "inplace"
+                      else engines.VirtualEngine)
 
 
 def test_triton_is_asked_for_and_refused_where_it_cannot_run():

@@ -29,7 +29,8 @@ def tiny_llama() -> torch.nn.Module:
 def method_for(model: torch.nn.Module, **hp: object):
     cls = registry.methods.get("zo-sgd")
     model.requires_grad_(True)
-    method = cls(list(model.parameters()), cls.Params.model_validate({"lr": 1e-3, "eps": 1e-2, **hp}), seed=5)
+    hp = {"lr": 1e-3, "eps": 1e-2, "engine": "virtual", **hp}
+    method = cls(list(model.parameters()), cls.Params.model_validate(hp), seed=5)
     model.requires_grad_(False)  # as the runner does for ZO methods
     return method
 
@@ -193,12 +194,10 @@ def test_the_engine_and_generator_a_run_uses_are_named_in_its_resolved_spec(tmp_
     path = tmp_path / "s.yaml"
     path.write_text("name: rng\ngrid:\n  tasks: [softmax-regression]\n  methods:\n"
                     "    - {name: zo-sgd, label: plain}\n    - {name: zo-sgd, label: counter, rng: counter}\n"
-                    "    - {name: zo-sgd, label: inplace, engine: inplace}\n")
+                    "    - {name: zo-sgd, label: virtual, engine: virtual}\n")
     suite, lines = load_suite(path)
     specs = {s.method.label: s for s in expand(suite, path, lines)}
-    default = registry.methods.get("zo-sgd").Params()
-    assert {k: specs["plain"].method.params[k] for k in ("engine", "rng")} == {"engine": default.engine,
-                                                                               "rng": default.rng}
+    assert {k: specs["plain"].method.params[k] for k in ("engine", "rng")} == {"engine": "inplace", "rng": "torch"}
     assert specs["counter"].method.params["rng"] == "counter"
-    assert specs["inplace"].method.params["engine"] == "inplace"
+    assert specs["virtual"].method.params["engine"] == "virtual"
     assert len({s.spec_hash for s in specs.values()}) == 3

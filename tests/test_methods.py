@@ -17,9 +17,12 @@ FO = [n for n, cls in registry.methods.items() if n.startswith("fo-")]
 
 
 def make(name: str, params: list[torch.nn.Parameter], seed: int = 0, **hp: object):
-    """A method with `hp` set without validation (so lr = 0 is possible here; users get lr > 0 enforced)."""
+    """A method with `hp` set without validation (so lr = 0 is possible here; users get lr > 0 enforced). ZO
+    methods on the virtual engine unless `hp` says otherwise: θ bit-exact, which several tests here rely on."""
     cls = registry.methods.get(name)
-    return cls(params, cls.Params.model_construct(**{**cls.Params().model_dump(), **hp}), seed)
+    fields = cls.Params().model_dump()
+    virtual = {"engine": "virtual"} if "engine" in fields else {}
+    return cls(params, cls.Params.model_construct(**{**fields, **virtual, **hp}), seed)
 
 
 def mlp(seed: int = 0) -> tuple[torch.nn.Module, callable]:

@@ -460,9 +460,9 @@ def same_loss_lines(result: dict[str, Any]) -> list[str]:
     r = result["ratios"]
     if not any(f"{m} / F-full" in r for m in SAME):
         return []
+    from zobench import registry
     from zobench.optim.zo import ZOParams
-
-    default = ZOParams()
+    default = ZOParams.model_validate(registry.methods.get("zo-sgd").resolved(ZOParams().model_dump()))
     lines = ["", f"same loss (every step on forward-full, F-full = "
                  f"{result['time']['forward-full']['median_s']:.4f} s; MeZO reference "
                  f"{_num(r.get('mezo-reference / F-full'), '4.2f').strip()} F-full); zo-sgd's defaults: "

@@ -177,6 +177,8 @@ def resolve(axis: str, comp: Component, path: Path, lines: dict[Loc, int], loc: 
         raise UserError(f"{where(path, lines, (*loc, *err['loc']))}: "
                         f"{_pydantic_message(err, schema)}") from None
     params = checked.model_dump(mode="json")
+    if axis == "method":
+        params = entry.resolved(params)
     try:
         entry.check(params)
     except FieldError as e:

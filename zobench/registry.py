@@ -75,7 +75,8 @@ class Registry(Generic[T]):
         return sorted(self._entries.items())
 
 
-methods: Registry[Any] = Registry("methods", ("Params", "check", "incompatible", "uncompilable", "takes_steps"),
+methods: Registry[Any] = Registry("methods", ("Params", "resolved", "check", "incompatible", "uncompilable",
+                                              "takes_steps"),
                                   "zobench.optim.base.Method")
 tasks: Registry[Any] = Registry("tasks", ("Params", "check", "needs_model", "build"), "zobench.tasks.base.Task")
 models: Registry[Any] = Registry("models", ("Params", "check", "load"), "zobench.models.base.ModelLoader")

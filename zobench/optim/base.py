@@ -40,6 +40,12 @@ class Method:
         return None
 
     @classmethod
+    def resolved(cls, params: dict) -> dict:
+        """Validated params with every value left to the method ('auto') made concrete, before `check`: the run
+        id and the record then name what runs, never what the machine happened to pick. Default: as given."""
+        return params
+
+    @classmethod
     def check(cls, params: dict) -> None:
         """Planning-time check of validated params: raise FieldError(field, why + fix). Default: nothing."""
 

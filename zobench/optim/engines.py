@@ -1,12 +1,14 @@
 """How a ZO method's forwards see θ ± εz: the virtual engine (views, θ never written) or the in-place one.
 
-`VirtualEngine` (`engine: virtual`, the default): every parameter is swapped once per step for a view
-(optim/virtual.py) whose ops see θ + εz made by the directions' `shift`; θ is bit-exact (a step with
-lr 0 returns every parameter unchanged) at the price of a Python hook per op that reads a parameter.
-`InplaceEngine` (`engine: inplace`): MeZO's way, θ += εz, forward, θ −= 2εz, forward (MeZO
-large_models/trainer.py:691-731, `zo_step`); the restore and plain SGD's update are folded into the next
-step's first perturbation (ZO2's folding), so a step passes over θ twice and draws z three times against
-MeZO's four. θ returns only up to rounding, but the forwards are plain (what a GPU's step is made of).
+`VirtualEngine` (`engine: virtual`; what `auto` picks for a method that cannot run in place): every
+parameter is swapped once per step for a view (optim/virtual.py) whose ops see θ + εz made by the
+directions' `shift`; θ is bit-exact (a step with lr 0 returns every parameter unchanged) at the price of a
+Python hook per op that reads a parameter.
+`InplaceEngine` (`engine: inplace`, and `auto` for every method that can): MeZO's way, θ += εz, forward,
+θ −= 2εz, forward (MeZO large_models/trainer.py:691-731, `zo_step`); the restore and plain SGD's update are
+folded into the next step's first perturbation (ZO2's folding), so a step passes over θ twice and draws z
+three times against MeZO's four. θ returns only up to rounding, but the forwards are plain (what a GPU's
+step is made of).
 The deferred update lives here: `settle` does it before anything reads θ (the runner calls it before
 every evaluation). Both engines share the directions' `add` for plain SGD's update.
 """

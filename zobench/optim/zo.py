@@ -40,8 +40,9 @@ class ZOParams(MethodParams):
     one_sided: bool = False  # (L(θ+εz) − L(θ))/ε: q + 1 forwards per step instead of 2q
     weight_decay: NonNegativeFloat = 0.0
     # virtual: the forwards see θ ± εz without θ being written (bit-exact θ; a Python hook per op that reads a
-    # parameter). inplace: MeZO's way (θ comes back only up to rounding; plain forwards). optim/engines.py
-    engine: Literal["virtual", "inplace"] = "virtual"
+    # parameter). inplace: MeZO's way (θ comes back only up to rounding; plain forwards). auto: inplace, the
+    # faster with the same z, unless the method cannot run in place (then virtual); resolved in the run's spec
+    engine: Literal["auto", "virtual", "inplace"] = "auto"
     # torch: torch.Generator in pieces. counter: a hash of each number's position, compiled (other numbers,
     # same distribution). triton: philox inside one GPU kernel (CUDA with Triton only). optim/directions.py
     rng: Literal["torch", "counter", "triton"] = "torch"
@@ -79,9 +80,18 @@ class ZOMethod(Method):
         self.t = 0  # steps taken
         self.dim = sum(p.numel() for p in self.params)
         self.base_loss: float | None = None
+        engine = self.resolved(hp.model_dump())["engine"]  # hp straight from code, not through a suite
         self.directions = directions_.build(self.params, hp.direction, hp.rng, self.generator,
-                                            self.draw if self.own_draw else None, pack=hp.engine == "inplace")
-        self.engine = engines.build(hp.engine, self.params, self.directions, hp.eps, hp.one_sided)
+                                            self.draw if self.own_draw else None, pack=engine == "inplace")
+        self.engine = engines.build(engine, self.params, self.directions, hp.eps, hp.one_sided)
+
+    @classmethod
+    def resolved(cls, params: dict) -> dict:
+        """`engine: auto` → MeZO's in-place engine (same z, fewer passes: bench, benchmarks/README.md), or the
+        virtual one for a method that makes its own queries or draws z from θ, which in place would be wrong."""
+        if params.get("engine") == "auto":
+            params = {**params, "engine": "virtual" if cls.own_queries or cls.reads_theta else "inplace"}
+        return params
 
     @classmethod
     def check(cls, params: dict) -> None:
@@ -93,10 +103,10 @@ class ZOMethod(Method):
             return
         if cls.own_queries:
             raise FieldError("engine", f"'{cls.__name__}' makes its own queries, which the in-place engine would "
-                             "skip; use engine: virtual (the default) for this method")
+                             "skip; use engine: virtual (or auto) for this method")
         if cls.reads_theta:
             raise FieldError("engine", f"'{cls.__name__}' draws z from θ itself, which the in-place engine moves "
-                             "between draws; use engine: virtual (the default) for this method")
+                             "between draws; use engine: virtual (or auto) for this method")
 
     @classmethod
     def uncompilable(cls, params: dict) -> str | None:
