@@ -82,7 +82,8 @@ class Grid:
             self.fallback_said = True
             host = (summary.get("env") or {}).get("host", "")
             self.console.print(f"WARNING: {fallback}{f' on {host}' if host else ''} (said once for the grid; "
-                               f"each run's summary records it as device_fallback)", markup=False, highlight=False)
+                               f"each run's summary records it as device_fallback)", markup=False, highlight=False,
+                               soft_wrap=True)
         self.display.finished(spec, summary, where, headline(summary))
 
 
