@@ -16,7 +16,7 @@ import torch
 from zobench import registry
 from zobench.errors import FieldError
 from zobench.optim import zo_rank
-from zobench.problems.test_functions import FUNCTIONS
+from zobench.problems.test_functions import ALL_FUNCTIONS as FUNCTIONS
 
 pytest.importorskip("cbx")
 pytest.importorskip("nevergrad")

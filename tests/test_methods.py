@@ -169,6 +169,7 @@ BUDGET = {  # method: (hyper-parameters on the quadratic, on softmax regression)
     "cge": ({"lr": 0.002, "q": 4}, {"lr": 1.0, "q": 8}), "rge": ({"lr": 0.01}, {"lr": 10.0}),
     "fo-sgd": ({"lr": 0.05}, {"lr": 10.0}), "fo-adam": ({"lr": 0.1}, {"lr": 0.1}),
     "fo-adamw": ({"lr": 0.1}, {"lr": 0.1}), "fo-adamax": ({"lr": 0.1}, {"lr": 0.1}),
+    "zo-ranksgd": ({"lr": 0.1, "eps": 0.01, "q": 6}, {"lr": 0.3, "eps": 0.01, "q": 6}),
 }
 
 

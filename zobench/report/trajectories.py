@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from zobench.problems.test_functions import FUNCTIONS
+from zobench.problems.test_functions import ALL_FUNCTIONS as FUNCTIONS
 from zobench.report.figures import pyplot, to_png
 from zobench.report.render import export
 from zobench.store import RunRecord, atomic_write
