@@ -167,9 +167,9 @@ def test_a_parallel_run_outside_a_launcher_fails_naming_the_fix(tmp_path: Path) 
     from zobench.store import Store
 
     spec = _plan(tmp_path, SUITE)[0]
-    summary = runner.run(spec, Store(tmp_path / "results", "dp-test"))
-    assert summary["status"] == "failed"
-    assert "torchrun --nproc-per-node 2 -m zobench.parallel.launch" in summary["error"]
+    record = runner.run(spec, Store(tmp_path / "results", "dp-test"))
+    assert record.outcome.status == "failed"
+    assert "torchrun --nproc-per-node 2 -m zobench.parallel.launch" in record.outcome.error
 
 
 def test_unset_parallel_keeps_run_ids(tmp_path: Path) -> None:
@@ -193,6 +193,6 @@ def test_launcher_runs_the_suite_as_two_workers(tmp_path: Path) -> None:
     two = json.loads((tmp_path / "r" / "dp-test" / spec.run_id / "summary.json").read_text())
     assert two["status"] == "done" and two["comm_bytes_per_step"] == 16.0
     one_spec = _plan(tmp_path, SUITE.replace(", settings: {parallel: {data: 2}}", ""))[0]
-    one = runner.run(one_spec, Store(tmp_path / "one", "dp-test"))
-    tol = 1e3 * torch.finfo(torch.float64).eps * max(1.0, abs(one["final_train_loss"]))  # summation order only
-    assert abs(two["final_train_loss"] - one["final_train_loss"]) <= tol
+    one = runner.run(one_spec, Store(tmp_path / "one", "dp-test")).metrics.final_train_loss
+    tol = 1e3 * torch.finfo(torch.float64).eps * max(1.0, abs(one))  # summation order only
+    assert abs(two["final_train_loss"] - one) <= tol

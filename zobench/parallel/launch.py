@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from zobench import runner
     from zobench.cli import plan
-    from zobench.executors import pending
+    from zobench.executors import pending, suite_record
     from zobench.store import Store
 
     try:
@@ -57,16 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rank = dist.get_rank()
         store = Store(args.results, suite.name)
+        if rank == 0:
+            store.write_suite(suite_record(suite))  # what the report needs from the YAML, as `zobench run` writes
         todo = [[s.run_id for s in pending(specs, store)] if rank == 0 else None]
         dist.broadcast_object_list(todo, src=0)
         with tempfile.TemporaryDirectory() as scratch:
             mine = store if rank == 0 else Store(Path(scratch), suite.name)
             for spec in specs:
                 if spec.run_id in todo[0]:
-                    summary = runner.run(spec, mine)
+                    record = runner.run(spec, mine)
                     if rank == 0:
-                        print(f"{spec.run_id}: {summary.get('status')} "
-                              f"comm_bytes_per_step={summary.get('comm_bytes_per_step')}", flush=True)
+                        print(f"{spec.run_id}: {record.outcome.status} "
+                              f"comm_bytes_per_step={record.cost.comm_bytes_per_step}", flush=True)
                     dist.barrier()
     finally:
         dist.destroy_process_group()
