@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ from zobench.models.base import compile_blocks
 from zobench.optim.base import Method
 from zobench.store import Cost, Metrics, Outcome, RunRecord, Store, Timing
 from zobench.workload import Workload
+
+BEST_STATE = ".best-dev.pt"  # the parameters at the best dev evaluation, while the run trains
 
 
 class Diverged(Exception):
@@ -127,7 +130,8 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> RunRecord:
             record.metrics = Metrics(metric=workload.metric, higher_is_better=workload.higher_is_better)
             example_ids = workload.example_ids
             workload, method, parallel = _method(spec, workload, clock)
-            trained = _train(spec, bundle, workload, method, parallel, device, curve, progress, memory, clock)
+            trained = _train(spec, bundle, workload, method, parallel, device, curve, progress, memory, clock,
+                             store.run_dir(run_id) / BEST_STATE)
         record.metrics, record.cost, timing = trained.metrics, trained.cost, trained.timing
         record.info = workload.info
         outcome.status = "done"
@@ -142,6 +146,7 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> RunRecord:
             store.write_text(run_id, "traceback.txt", traceback.format_exc())
             outcome.error = f"{type(e).__name__}: {e}"
     bundle = workload = method = None  # what the run held: freed before the next run starts
+    (store.run_dir(run_id) / BEST_STATE).unlink(missing_ok=True)  # a failed run's best-dev parameters
     if outcome.status == "oom":  # free what the failed run held so the next one starts clean
         gc.collect()
         if device.type == "cuda":
@@ -193,7 +198,10 @@ def _method(spec: RunSpec, workload: Workload, clock: Clock) -> tuple[Workload, 
 
 
 def _train(spec: RunSpec, bundle: Any, workload: Workload, method: Method, parallel: Any, device: torch.device,
-           curve: list[dict[str, Any]], progress: Any, memory: PeakMemory, clock: Clock) -> Trained:
+           curve: list[dict[str, Any]], progress: Any, memory: PeakMemory, clock: Clock, best_file: Path) -> Trained:
+    """The training loop. With `select: best-dev` the trainable parameters at the best dev evaluation go to
+    `best_file` on disk, as MeZO's trainer keeps its best checkpoint (HF Trainer, load_best_model_at_end), not
+    to a copy in memory that every method's training peak would carry; test is then scored on them."""
     settings = spec.settings
     amp = method.autocast  # evaluations run at the training forward's precision
     total_steps = settings.steps if method.takes_steps else 0  # zero-shot, ICL, LP: no steps
@@ -209,7 +217,7 @@ def _train(spec: RunSpec, bundle: Any, workload: Workload, method: Method, paral
     memory.switch("train")
     loss = timed("forward", workload.loss)
     metric, sign = workload.metric, (1 if workload.higher_is_better else -1)
-    best: dict[str, Any] = {"score": -math.inf, "step": None, "dev": None, "state": None}
+    best: dict[str, Any] = {"score": -math.inf, "step": None, "dev": None, "saved": False}
 
     settle = method.settle  # a deferred update is done before θ is read
 
@@ -222,8 +230,11 @@ def _train(spec: RunSpec, bundle: Any, workload: Workload, method: Method, paral
         if settings.select == "last" or sign * dev[metric] > best["score"]:
             best.update(score=sign * dev[metric], step=step, dev=dev)
             if settings.select == "best-dev":
-                best["state"] = {k: v.detach().to("cpu", copy=True)
-                                 for k, v in workload.module.named_parameters() if v in set(method.params)}
+                trainable = set(method.params)
+                best_file.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({k: v.detach().cpu() for k, v in workload.module.named_parameters() if v in trainable},
+                           best_file)
+                best["saved"] = True
 
     if settings.eval_at_start:
         row = {"step": 0, "forward_passes": 0, "backward_passes": 0, "wall_s": 0.0}
@@ -258,8 +269,10 @@ def _train(spec: RunSpec, bundle: Any, workload: Workload, method: Method, paral
 
     with clock.phase("step"):
         settle()
-    if best["state"] is not None and best["step"] != steps_done:
-        workload.module.load_state_dict(best["state"], strict=False)
+    if best["saved"]:
+        if best["step"] != steps_done:
+            workload.module.load_state_dict(torch.load(best_file, map_location=device, weights_only=True), strict=False)
+        best_file.unlink()
     with clock.phase("evaluation"), memory.window("evaluation"), amp():
         test = workload.evaluate("test")
     lm_eval = None

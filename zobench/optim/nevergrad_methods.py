@@ -17,8 +17,9 @@ recorded as failed with that traceback. At 2000 evaluations (suites/blackbox.yam
 
 from __future__ import annotations
 
+import io
 import pickle
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -82,7 +83,26 @@ class Nevergrad(PopulationMethod):
         return self.lowest
 
     def state_bytes(self) -> int:
-        return len(pickle.dumps(self.optimizer))
+        """The numeric arrays the optimizer keeps (CMA's covariance, a population): its pickled size would
+        also count nevergrad's bookkeeping, which differs by a few bytes from one process to the next."""
+        counter = _ArrayBytes()
+        counter.dump(self.optimizer)
+        return counter.total
+
+
+class _ArrayBytes(pickle.Pickler):
+    """Walks an object graph as pickle does, adding up the bytes of every numpy array it meets once."""
+
+    def __init__(self) -> None:
+        super().__init__(io.BytesIO())
+        self.total = 0
+        self.seen: set[int] = set()
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, np.ndarray) and id(obj) not in self.seen:
+            self.seen.add(id(obj))
+            self.total += obj.nbytes
+        return NotImplemented
 
 
 methods.register("nevergrad")(Nevergrad)
