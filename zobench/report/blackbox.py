@@ -22,6 +22,7 @@ import pandas as pd
 
 from zobench.report.figures import pyplot, to_png
 from zobench.report.render import export
+from zobench.report.trajectories import lowest_median
 from zobench.store import RunRecord, SpecRecord, atomic_write
 
 BLACKBOX = ("zo-ranksgd", "cbo", "nevergrad", "ng-")
@@ -50,10 +51,7 @@ def runs(records: list[tuple[Path, RunRecord]]) -> pd.DataFrame:
 def best_configs(frame: pd.DataFrame) -> pd.DataFrame:
     """The runs of each (task, family)'s configuration with the best median final metric over seeds."""
     frame = frame.assign(score=np.where(frame["higher"], -1.0, 1.0) * frame["final"].astype(float))
-    frame["score"] = frame["score"].fillna(math.inf)
-    med = frame.groupby(["task", "family", "config"])["score"].median().reset_index()
-    best = med.loc[med.groupby(["task", "family"])["score"].idxmin(), ["task", "family", "config"]]
-    return frame.merge(best, on=["task", "family", "config"])
+    return lowest_median(frame, ["task", "family"], "config", "score")
 
 
 def unfinished(records: list[tuple[Path, RunRecord]]) -> str:

@@ -38,15 +38,18 @@ def _runs(records: list[tuple[Path, RunRecord]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def lowest_median(runs: pd.DataFrame, cell: list[str], config: str, score: str) -> pd.DataFrame:
+    """The runs of each cell's configuration with the lowest median `score` over seeds (a missing score: +inf)."""
+    runs = runs.assign(**{score: runs[score].astype(float).fillna(math.inf)})
+    med = runs.groupby([*cell, config], dropna=False)[score].median().reset_index()
+    best = med.loc[med.groupby(cell)[score].idxmin(), [*cell, config]]
+    return runs.merge(best, on=[*cell, config])
+
+
 def best_runs(records: list[tuple[Path, RunRecord]]) -> pd.DataFrame:
     """One row per (function, method, seed) at the learning rate with the lowest median final distance."""
     runs = _runs(records)
-    if runs.empty:
-        return runs
-    runs["distance"] = runs["distance"].astype(float).fillna(math.inf)
-    med = runs.groupby(["function", "method", "lr"], dropna=False)["distance"].median().reset_index()
-    best = med.loc[med.groupby(["function", "method"])["distance"].idxmin(), ["function", "method", "lr"]]
-    return runs.merge(best, on=["function", "method", "lr"])
+    return runs if runs.empty else lowest_median(runs, ["function", "method"], "lr", "distance")
 
 
 def distance_table(best: pd.DataFrame) -> pd.DataFrame:
