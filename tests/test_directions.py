@@ -98,3 +98,27 @@ def test_registered_methods_declare_what_they_override():
         method = build(name, tensors())
         assert not method.folds, name
     assert build("zo-sgd", tensors()).folds
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_a_pass_spread_over_threads_adds_the_numbers_drawn_in_one(kind, monkeypatch):
+    """The in-place pass draws its pieces on torch's CPU threads; every piece has its own seed, so θ + αz + βz'
+    equals the whole z drawn alone (noise.fill, one thread) number for number, whatever thread drew which piece."""
+    from zobench.optim import noise
+
+    monkeypatch.setattr(noise, "CHUNK", 1 << 10)  # many pieces per matrix, so the pass has many jobs
+    gen = torch.Generator().manual_seed(1)
+    params = [torch.randn(*shape, generator=gen) for shape in ((300, 40), (7,), (5, 3), (2000,), (64, 64))]
+    params.append(torch.randn(40, 30, generator=gen).t())  # a strided one: drawn whole
+    dirs = directions.TorchPieces(params, kind, False, lambda p, s, i: torch.Generator().manual_seed(s * 1000 + i))
+    before = [p.clone() for p in params]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 4))
+    try:
+        dirs.add(3, 0.25, then=(4, -0.5))
+    finally:
+        torch.set_num_threads(threads)
+    for i, (p, p0) in enumerate(zip(params, before, strict=True)):
+        expected = p0 + 0.25 * dirs.unscaled(i, p0, 3)
+        expected = expected + (-0.5) * dirs.unscaled(i, p0, 4)
+        assert torch.equal(p, expected), i

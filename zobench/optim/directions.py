@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from functools import cached_property
+from functools import cached_property, partial
 from typing import ClassVar
 
 import torch
@@ -163,24 +163,42 @@ class TorchPieces(Directions):
 
     @torch.no_grad()
     def add(self, seed: int, alpha: float, then: tuple[int, float] | None = None) -> None:
-        """Group by group (one draw, one _foreach add) and piece by piece: nothing of a parameter's size."""
+        """Group by group (one draw, one _foreach add) and piece by piece: nothing of a parameter's size. The
+        groups and pieces are independent jobs, spread over torch's CPU threads (optim/noise.py `run`)."""
         terms = [(s, a * self.sphere_scale(s)) for s, a in [(seed, alpha)] + ([then] if then is not None else [])]
         lay = self.layout
-        for g, members in enumerate(lay.members):
-            ps = [self.params[j] for j in members]
-            for s, a in terms:
-                torch._foreach_add_(ps, lay.split(self.group_draw(g, s), g, self.params), alpha=a)
+        for i, p in enumerate(self.params):  # the pieces' seeds, from the method's one generator, before any job
+            for s, _ in terms:
+                self.piece_base(i, p, s)
+        jobs: list[Callable[[], None]] = [partial(self._add_group, g, terms) for g in range(len(lay.members))]
         for i, p in enumerate(self.params):
             if lay.group_of[i] is not None:
                 continue
             if not p.is_contiguous():
-                for s, a in terms:
-                    p.add_(self.unscaled(i, p, s), alpha=a)
+                jobs.append(partial(self._add_whole, i, terms))
                 continue
-            flat, width = p.view(-1), pieces_.rows_of(p.shape)[1]
-            for parts in zip(*(self.pieces(i, p, s) for s, _ in terms), strict=True):  # a piece of each, in cache
-                for (r0, r1, z), (_, a) in zip(parts, terms, strict=True):
-                    flat[r0 * width:r1 * width].add_(z.reshape(-1), alpha=a)
+            rows, width = pieces_.rows_of(p.shape)
+            step = pieces_.rows_per_piece(p.shape, p.device)
+            jobs += [partial(self._add_piece, i, k, k * step, min(rows, (k + 1) * step), width, terms)
+                     for k in range(-(-rows // step))]
+        pieces_.run(jobs, self.params[0].device if self.params else torch.device("cpu"))
+
+    def _add_group(self, g: int, terms: Terms) -> None:
+        ps = [self.params[j] for j in self.layout.members[g]]
+        for s, a in terms:
+            torch._foreach_add_(ps, self.layout.split(self.group_draw(g, s), g, self.params), alpha=a)
+
+    def _add_whole(self, i: int, terms: Terms) -> None:
+        for s, a in terms:
+            self.params[i].add_(self.unscaled(i, self.params[i], s), alpha=a)
+
+    def _add_piece(self, i: int, k: int, r0: int, r1: int, width: int, terms: Terms) -> None:
+        """Rows r0..r1 of parameter i: piece k of each term's z, drawn into this thread's buffer and added."""
+        p = self.params[i]
+        target = p.view(-1)[r0 * width:r1 * width]
+        z = pieces_.buffer(target.numel(), p.dtype, p.device)
+        for s, a in terms:
+            target.add_(pieces_.piece_(z, self.piece_kind, self.piece_base(i, p, s), k, r0 * width), alpha=a)
 
 
 class CounterHash(TorchPieces):

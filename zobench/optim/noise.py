@@ -16,7 +16,9 @@ this is ~3× faster than torch.randn, which runs Box–Muller on every number.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -31,7 +33,8 @@ CUDA_CHUNK = 1 << 24  # on a GPU a piece costs kernel launches, not cache: 32 Mi
 COUNTER_GROUP = 1 << 21
 _MIX = 0xD1B54A32D192ED03  # odd constant: spreads (base, piece) pairs over the seed space
 _TABLES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-_GENERATORS: dict[torch.device, torch.Generator] = {}  # reseeded before every piece: no state survives
+_LOCAL = threading.local()  # each thread's generators (reseeded before every piece: no state survives) and buffer
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (threads, the pool of that size)
 
 
 def rows_of(shape: torch.Size) -> tuple[int, int]:
@@ -84,9 +87,10 @@ def piece_(out: torch.Tensor, kind: str, base: int, k: int, start: int = 0) -> t
     '+counter' is made by optim/counter.py's hash of each number's position (`start`: the piece's first)."""
     if kind.endswith(COUNTER):
         return counter.fill_(out, kind.removesuffix(COUNTER), base, start)
-    gen = _GENERATORS.get(out.device)
+    gens = _LOCAL.__dict__.setdefault("generators", {})
+    gen = gens.get(out.device)
     if gen is None:
-        gen = _GENERATORS[out.device] = torch.Generator(device=out.device)
+        gen = gens[out.device] = torch.Generator(device=out.device)
     gen.manual_seed((base + (k + 1) * _MIX) % (2**63))
     if kind == "rademacher":
         return rademacher_(out, gen)
@@ -105,6 +109,32 @@ def pieces(shape: torch.Size, dtype: torch.dtype, device: torch.device, kind: st
         r0, r1 = k * step, min(rows, (k + 1) * step)
         z = piece_(buffer[:(r1 - r0) * width], kind, base, k, r0 * width)
         yield r0, r1, z.view(r1 - r0, *shape[1:]) if len(shape) >= 2 else z
+
+
+def buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """This thread's scratch tensor of at least `numel` numbers (one per thread, dtype and device)."""
+    key = (dtype, device)
+    kept = _LOCAL.__dict__.setdefault("buffers", {})
+    if key not in kept or kept[key].numel() < numel:
+        kept[key] = torch.empty(numel, dtype=dtype, device=device)
+    return kept[key][:numel]
+
+
+def run(jobs: list[Callable[[], None]], device: torch.device) -> None:
+    """Do independent jobs (pieces of a pass: disjoint parts of θ, each with its own seeds) on torch's CPU threads.
+    Why: torch's CPU generator is sequential (one core draws ~300 M Gaussians/s whatever the thread count), so a
+    pass of a ZO step is bound by one core while the forwards use all of them. Every piece is seeded by its own
+    (base, index), so which thread draws it does not change a number. On a GPU the jobs just queue kernels."""
+    global _POOL
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2 or len(jobs) < 2:
+        for job in jobs:
+            job()
+        return
+    if _POOL is None or _POOL[0] != threads:
+        _POOL = threads, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="zobench-draw")
+    for future in [_POOL[1].submit(job) for job in jobs]:
+        future.result()
 
 
 def fill(shape: torch.Size, dtype: torch.dtype, device: torch.device, kind: str, base: int) -> torch.Tensor:
