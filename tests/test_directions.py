@@ -116,9 +116,11 @@ def test_a_pass_spread_over_threads_adds_the_numbers_drawn_in_one(kind, monkeypa
     torch.set_num_threads(max(threads, 4))
     try:
         dirs.add(3, 0.25, then=(4, -0.5))
+        shifted = [dirs.shift(5, 0.125)(i, p) for i, p in enumerate(params)]  # the virtual engine's θ + εz
     finally:
         torch.set_num_threads(threads)
     for i, (p, p0) in enumerate(zip(params, before, strict=True)):
         expected = p0 + 0.25 * dirs.unscaled(i, p0, 3)
         expected = expected + (-0.5) * dirs.unscaled(i, p0, 4)
         assert torch.equal(p, expected), i
+        assert torch.equal(shifted[i], torch.add(p, dirs.unscaled(i, p, 5), alpha=0.125)), i

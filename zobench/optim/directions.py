@@ -360,9 +360,14 @@ class PieceShift:
         if dirs.counter_kind is not None:  # θ read once, θ + εz written once, in one compiled loop
             counter.shift_(out.view(-1), src, dirs.counter_kind, 0, dirs.piece_base(i, raw, self.seed), self.alpha)
             return out
-        dst, width = out.view(-1), pieces_.rows_of(raw.shape)[1]
-        for r0, r1, z in dirs.pieces(i, raw, self.seed):
-            torch.add(src[r0 * width:r1 * width], z.reshape(-1), alpha=self.alpha, out=dst[r0 * width:r1 * width])
+        dst, (rows, width) = out.view(-1), pieces_.rows_of(raw.shape)
+        step, base = pieces_.rows_per_piece(raw.shape, raw.device), dirs.piece_base(i, raw, self.seed)
+
+        def piece(k: int) -> None:  # one of the pieces, on torch's CPU threads like a pass's (noise.run)
+            lo, hi = k * step * width, min(rows, (k + 1) * step) * width
+            z = pieces_.piece_(pieces_.buffer(hi - lo, raw.dtype, raw.device), dirs.piece_kind, base, k, lo)
+            torch.add(src[lo:hi], z, alpha=self.alpha, out=dst[lo:hi])
+        pieces_.run([partial(piece, k) for k in range(-(-rows // step))], raw.device)
         return out
 
     def blocks(self, i: int, raw: torch.Tensor,
