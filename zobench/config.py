@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from zobench.errors import UserError, did_you_mean
 from zobench.lm_eval_bridge import LmEvalSettings
@@ -193,6 +193,14 @@ class ParallelSettings(Strict):
     mode: Literal["shard", "queries"] = "shard"  # shard: the batch split, losses reduced; queries: q split
 
 
+class OffloadSettings(Strict):
+    """ZO2-style offload (zobench/parallel/offload_hf.py): decoder layers live in `tier` and cross once per step;
+    `amp` keeps them there in a low precision (ZO2's AMP mode), up-cast on upload."""
+
+    tier: Literal["safetensors", "host"] = "safetensors"
+    amp: Literal["bfloat16", "float16", "float8_e4m3fn"] | None = None
+
+
 class RunSettings(Strict):
     """How one run trains and evaluates; suite defaults, overridable per component."""
 
@@ -211,6 +219,14 @@ class RunSettings(Strict):
                                                                                     "wall-clock")
     lm_eval: LmEvalSettings | None = Field(None, description="lm-eval tasks run on the final model (in-process)")
     parallel: ParallelSettings | None = Field(None, description="data-parallel ZO over torch.distributed")
+    offload: OffloadSettings | None = Field(None, description="train a decoder block by block from a slower tier")
+
+    @model_validator(mode="after")
+    def _offload_alone(self) -> RunSettings:
+        if self.offload is not None and (self.select != "last" or self.compile or self.parallel is not None):
+            raise ValueError("offload runs with select: last, without compile or parallel (the offloaded layers are "
+                             "not in the model's state to keep a best-dev copy of); set select: last")
+        return self
 
 
 class Component(BaseModel):

@@ -184,7 +184,13 @@ def _method(spec: RunSpec, workload: Workload, clock: Clock) -> tuple[Workload, 
         torch._dynamo.reset()  # this run's own graphs: none left by an earlier run in this process
         compile_blocks(workload.module)
     method_cls = registry.methods.get(spec.method.name)
-    method = method_cls(workload.trainable(), method_cls.Params.model_validate(spec.method.params), spec.seed)
+    if spec.settings.offload is not None:  # ZO2-style: layers trained block by block from a slower tier
+        from zobench.parallel.offload_hf import offload_method
+
+        method = offload_method(spec.settings.offload, workload.module, spec.method.name, spec.method.params,
+                                spec.seed)
+    else:
+        method = method_cls(workload.trainable(), method_cls.Params.model_validate(spec.method.params), spec.seed)
     parallel = None
     if spec.settings.parallel is not None and spec.settings.parallel.data > 1:  # one of N workers: parallel/data.py
         from zobench.parallel.data import join
