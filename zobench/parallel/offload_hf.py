@@ -74,12 +74,19 @@ class _Layer(torch.nn.Module):
         object.__setattr__(self, "owner", owner)
         object.__setattr__(self, "layer", layer)
         self.b = b
+        self.train(layer.training)
 
     def __getattr__(self, name: str) -> Any:  # HF reads layer attributes (attention_type, ...)
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(object.__getattribute__(self, "layer"), name)
+
+    def train(self, mode: bool = True) -> _Layer:
+        """Dropout and the like follow the model's mode: the hidden layer is out of reach of `Module.train`."""
+        super().train(mode)
+        self.layer.train(mode)
+        return self
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.owner.run_layer(self.b, self.layer, args, kwargs)
@@ -308,9 +315,12 @@ class OffloadMethod(Method):
             self.offloaded.uploader.put(b, tensors)
 
     def precision(self) -> dict[str, Any] | None:
-        up = self.offloaded.uploader
+        """Where the layers lived, at what precision, and the bytes that crossed (each layer once each way per
+        step; evaluations and settling add their own crossings to the measured total)."""
+        up, specs = self.offloaded.uploader, self.offloaded.specs
+        numel = sum(specs[i].numel() for idx in self.offloaded.layer_index for i in idx)
         return {"offload_tier": type(up.tier).__name__, "tier_dtype": str(up.tier_dtype).removeprefix("torch."),
-                "bytes_moved_per_step": up.bytes_per_visit_round}
+                "bytes_per_step": 2 * numel * up.tier_dtype.itemsize, "bytes_moved": up.bytes_moved}
 
 
 def offload_method(settings: Any, module: torch.nn.Module, method: str, params: dict[str, Any],
