@@ -201,6 +201,13 @@ class OffloadSettings(Strict):
     amp: Literal["bfloat16", "float16", "float8_e4m3fn"] | None = None
 
 
+class ShardSettings(Strict):
+    """A model over several devices through accelerate (zobench/parallel/sharded.py)."""
+
+    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | dict[str, str | int] = "auto"
+    max_memory: dict[str | int, str | int] | None = None
+
+
 class RunSettings(Strict):
     """How one run trains and evaluates; suite defaults, overridable per component."""
 
@@ -220,9 +227,12 @@ class RunSettings(Strict):
     lm_eval: LmEvalSettings | None = Field(None, description="lm-eval tasks run on the final model (in-process)")
     parallel: ParallelSettings | None = Field(None, description="data-parallel ZO over torch.distributed")
     offload: OffloadSettings | None = Field(None, description="train a decoder block by block from a slower tier")
+    shard: ShardSettings | None = Field(None, description="place the model over devices with accelerate's device_map")
 
     @model_validator(mode="after")
     def _offload_alone(self) -> RunSettings:
+        if self.offload is not None and self.shard is not None:
+            raise ValueError("offload and shard are two ways to fit a model: choose one (remove one of the two)")
         if self.offload is not None and (self.select != "last" or self.compile or self.parallel is not None):
             raise ValueError("offload runs with select: last, without compile or parallel (the offloaded layers are "
                              "not in the model's state to keep a best-dev copy of); set select: last")

@@ -170,10 +170,19 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> RunRecord:
 def _workload(spec: RunSpec, device: torch.device) -> tuple[Any, Workload]:
     """The model wrapped by its scheme (None for a synthetic problem) and the task's workload on it."""
     seed_everything(spec.seed)
-    bundle = registry.models.get(spec.model.name).load(spec.model.params, device, spec.seed)
+    shard = spec.settings.shard  # a sharded model is loaded on the CPU, then placed (zobench/parallel/sharded.py)
+    bundle = registry.models.get(spec.model.name).load(spec.model.params, torch.device("cpu") if shard else device,
+                                                       spec.seed)
+    if shard is not None and bundle is not None:
+        from zobench.parallel.sharded import bytes_per_device
+        from zobench.parallel.sharded import shard as place
+
+        bundle.model = place(bundle.model, shard.device_map, shard.max_memory)
     if bundle is not None:  # a scheme may wrap the model (peft): the task must see the wrapped one
         bundle.model = registry.schemes.get(spec.scheme.name).apply(bundle.model, spec.scheme.params) or bundle.model
     workload = registry.tasks.get(spec.task.name).build(spec.task.params, bundle, device, spec.seed)
+    if shard is not None and bundle is not None:
+        workload.info["param_bytes_per_device"] = bytes_per_device(bundle.model)
     return bundle, workload
 
 
