@@ -33,6 +33,8 @@ from torch.func import functional_call
 from zobench import registry
 from zobench.errors import UserError
 from zobench.optim.base import LossFn, Method
+from zobench.optim.directions import TorchPieces
+from zobench.optim.noise import rows_of
 from zobench.optim.zo import ZOMethod
 from zobench.parallel.offload import HostTier, ParamSpec, SafetensorsTier, Uploader
 
@@ -142,6 +144,8 @@ class OffloadedModel:
                 parent, _, leaf = name.rpartition(".")
                 setattr(model.get_submodule(parent) if parent else model, leaf, _Resident(self, module))
         self.resident = [(i, p) for i, p in enumerate(order) if id(p) not in in_layers]
+        for _, p in self.resident:  # owned copies: a checkpoint's memory map (and the layers' pages in it) can go
+            p.data = p.data.clone()
         self.mode, self.parts, self.rows, self.replay = "plain", [], 0, 0
         self.stored: list[Any] = []
         self.method: OffloadMethod | None = None
@@ -250,14 +254,27 @@ class OffloadMethod(Method):
 
     @torch.no_grad()
     def add(self, ps: list[torch.Tensor], idx: list[int], seed: int, alpha: float) -> None:
-        dirs = self.inner.directions
-        a = alpha * dirs.sphere_scale(seed)
+        a = alpha * self.inner.directions.sphere_scale(seed)
         for i, p in zip(idx, ps, strict=True):
+            self._add_z(i, p, seed, a)
+
+    def _add_z(self, i: int, p: torch.Tensor, seed: int, a: float) -> None:
+        """p += a·z_i(seed), piece by piece where the generator makes pieces (TorchPieces, CounterHash: nothing of
+        p's size is made, as in their own `add`); whole elsewhere."""
+        dirs = self.inner.directions
+        if isinstance(dirs, TorchPieces) and p.is_contiguous():
+            flat, width = p.view(-1), rows_of(p.shape)[1]
+            for r0, r1, z in dirs.pieces(i, p, seed):
+                flat[r0 * width:r1 * width].add_(z.reshape(-1), alpha=a)
+        else:
             p.add_(dirs.unscaled(i, p, seed), alpha=a)
 
+    @torch.no_grad()
     def shifted(self, p: torch.Tensor, i: int, seed: int, alpha: float) -> torch.Tensor:
-        dirs = self.inner.directions
-        return torch.add(p, dirs.unscaled(i, p, seed), alpha=alpha * dirs.sphere_scale(seed))
+        """θ_i + α·z_i as a fresh tensor (one copy of the parameter, z added into it piece by piece)."""
+        out = p.clone()
+        self._add_z(i, out, seed, alpha * self.inner.directions.sphere_scale(seed))
+        return out
 
     @torch.no_grad()
     def fold(self, ps: list[torch.Tensor], idx: list[int]) -> None:
