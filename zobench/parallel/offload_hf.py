@@ -115,7 +115,10 @@ class _Resident(torch.nn.Module):
 class OffloadedModel:
     """Installs the block-by-block schedule into `model` (in place) and keeps its tier and parameter layout."""
 
-    def __init__(self, model: torch.nn.Module, tier: str, amp: str | None, device: torch.device) -> None:
+    def __init__(self, model: torch.nn.Module, tier: str | SafetensorsTier | HostTier, amp: str | None,
+                 device: torch.device) -> None:
+        """`tier`: "safetensors" or "host" (made from the layers, which may then be freed), or a tier already
+        holding the layers in order (then the layers may be meta tensors: a model too big to build whole)."""
         self.model, self.device = model, device
         order = list(model.parameters())  # the resident run's parameter list (workload.trainable, scheme full)
         if any(not p.requires_grad for p in order):
@@ -126,16 +129,18 @@ class OffloadedModel:
         layers = decoder_layers(model)
         blocks = list(layers)
         self.layer_index = [[self.index[id(p)] for p in b.parameters()] for b in blocks]
+        in_layers = {id(p) for b in blocks for p in b.parameters()}
         low = DTYPES[amp] if amp else None
-        if tier == "safetensors":
+        store: SafetensorsTier | HostTier
+        if not isinstance(tier, str):
+            store = tier
+        elif tier == "safetensors":
             self._dir = tempfile.TemporaryDirectory(prefix="zobench-offload-")
-            store: SafetensorsTier | HostTier = SafetensorsTier.create(f"{self._dir.name}/blocks.safetensors",
-                                                                       blocks, dtype=low)
+            store = SafetensorsTier.create(f"{self._dir.name}/blocks.safetensors", blocks, dtype=low)
         else:
             store = HostTier(blocks, dtype=low)
-        self.work_dtype = order[0].dtype
+        self.work_dtype = blocks[0].parameters().__next__().dtype  # the model's precision (the tier's may be lower)
         self.uploader = Uploader(store, device, self.work_dtype)
-        in_layers = {id(p) for b in blocks for p in b.parameters()}
         for k, block in enumerate(blocks):
             layers[k] = _Layer(self, k, block.to("meta"))
         for name, module in list(model.named_modules()):
