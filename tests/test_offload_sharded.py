@@ -52,6 +52,7 @@ def test_sharded_run_equals_the_plain_run(write_suite, tmp_path, shard):
     assert plain.metrics.test == sharded.metrics.test
     layout = sharded.info["param_bytes_per_device"]
     assert layout == {"cpu": plain.cost.trainable_params * 4}
+    assert sharded.info["peak_allocated_per_device"] == {}  # no GPU holds a piece here
     assert pc["dev_loss"].dropna().iloc[-1] != pc["dev_loss"].dropna().iloc[0]  # it trained
 
 

@@ -134,6 +134,10 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> RunRecord:
                              store.run_dir(run_id) / BEST_STATE)
         record.metrics, record.cost, timing = trained.metrics, trained.cost, trained.timing
         record.info = workload.info
+        if spec.settings.shard is not None:  # each GPU's peak, not only the run device's (parallel/sharded.py)
+            from zobench.parallel.sharded import peak_allocated_per_device
+
+            record.info["peak_allocated_per_device"] = peak_allocated_per_device(workload.module)
         outcome.status = "done"
     except Diverged as e:
         outcome.status, outcome.diverged_at_step, outcome.error = "diverged", e.step, str(e)

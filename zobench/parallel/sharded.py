@@ -82,6 +82,12 @@ def bytes_per_device(model: torch.nn.Module) -> dict[str, int]:
     return dict(out)
 
 
+def peak_allocated_per_device(model: torch.nn.Module) -> dict[str, int]:
+    """torch's allocator peak on each GPU holding a piece of the model ({} on a CPU-only placement)."""
+    devices = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
+    return {str(d): int(torch.cuda.max_memory_allocated(d)) for d in devices}
+
+
 def _summary(placement: dict[str, Any]) -> str:
     counts: dict[str, int] = defaultdict(int)
     for v in placement.values():
