@@ -124,8 +124,12 @@ def test_layer_parameters_are_those_of_the_resident_method():
 def test_offload_setting_is_refused_with_best_dev_and_for_first_order(write_suite, tmp_path):
     bad = _suite(TINY_LLAMA, {"tier": "host"}, 1)
     bad["defaults"]["select"] = "best-dev"
-    with pytest.raises(UserError, match="select: last"):
+    with pytest.raises(UserError, match=r"bad.yaml:\d+: .*offload.*set select: last"):
         plan(write_suite(bad, "bad.yaml"))
+    both = _suite(TINY_LLAMA, {"tier": "host"}, 1)
+    both["defaults"]["shard"] = {"device_map": "auto"}
+    with pytest.raises(UserError, match="choose one"):
+        plan(write_suite(both, "both.yaml"))
     with pytest.raises(UserError, match="not a zeroth-order method"):
         OffloadMethod(OffloadedModel(_tiny_llama(), "host", None, torch.device("cpu")), "fo-sgd", {"lr": 0.1}, 0)
 

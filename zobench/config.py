@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator
 
 from zobench.errors import UserError, did_you_mean
 from zobench.lm_eval_bridge import LmEvalSettings
@@ -229,14 +229,21 @@ class RunSettings(Strict):
     offload: OffloadSettings | None = Field(None, description="train a decoder block by block from a slower tier")
     shard: ShardSettings | None = Field(None, description="place the model over devices with accelerate's device_map")
 
-    @model_validator(mode="after")
-    def _offload_alone(self) -> RunSettings:
-        if self.offload is not None and self.shard is not None:
-            raise ValueError("offload and shard are two ways to fit a model: choose one (remove one of the two)")
-        if self.offload is not None and (self.select != "last" or self.compile or self.parallel is not None):
+    @field_validator("offload")
+    @classmethod
+    def _offload_alone(cls, value: OffloadSettings | None, info: ValidationInfo) -> OffloadSettings | None:
+        d = info.data
+        if value is not None and (d.get("select") != "last" or d.get("compile") or d.get("parallel") is not None):
             raise ValueError("offload runs with select: last, without compile or parallel (the offloaded layers are "
                              "not in the model's state to keep a best-dev copy of); set select: last")
-        return self
+        return value
+
+    @field_validator("shard")
+    @classmethod
+    def _one_way_to_fit(cls, value: ShardSettings | None, info: ValidationInfo) -> ShardSettings | None:
+        if value is not None and info.data.get("offload") is not None:
+            raise ValueError("offload and shard are two ways to fit a model: choose one (remove one of the two)")
+        return value
 
 
 class Component(BaseModel):
