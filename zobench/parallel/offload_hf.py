@@ -139,7 +139,7 @@ class OffloadedModel:
             store = SafetensorsTier.create(f"{self._dir.name}/blocks.safetensors", blocks, dtype=low)
         else:
             store = HostTier(blocks, dtype=low)
-        self.work_dtype = blocks[0].parameters().__next__().dtype  # the model's precision (the tier's may be lower)
+        self.work_dtype = next(blocks[0].parameters()).dtype  # the model's precision (the tier's may be lower)
         self.uploader = Uploader(store, device, self.work_dtype)
         for k, block in enumerate(blocks):
             layers[k] = _Layer(self, k, block.to("meta"))
@@ -292,6 +292,7 @@ class OffloadMethod(Method):
         for seed, alpha in terms:
             self.add(ps, idx, seed, alpha)
 
+    @torch.no_grad()
     def step(self, loss_fn: LossFn) -> float:
         m, off = self.inner, self.offloaded
         m.t += 1
