@@ -252,3 +252,17 @@ def test_uploader_without_streams_runs_in_order(tmp_path):
     assert up.streams is None
     up.get(0, prefetch=1)
     assert tier.loads == 1  # nothing fetched ahead on the CPU
+
+
+def test_bf16_host_tier_through_the_runner(write_suite, tmp_path):
+    """`offload: {tier: host, amp: bfloat16}`: half the bytes cross, the losses stay within bf16's ε of float32's."""
+    config = {**TINY_LLAMA, "num_hidden_layers": 2}
+    full, fc = _run(write_suite, tmp_path / "full", config, {"tier": "safetensors"}, q=2)
+    low, lc = _run(write_suite, tmp_path / "low", config, {"tier": "host", "amp": "bfloat16"}, q=2)
+    assert low.cost.precision["tier_dtype"] == "bfloat16" and low.cost.precision["offload_tier"] == "HostTier"
+    assert 2 * low.cost.precision["bytes_moved"] == full.cost.precision["bytes_moved"]
+    assert 2 * low.cost.precision["bytes_per_step"] == full.cost.precision["bytes_per_step"]
+    losses = fc["train_loss"].to_numpy(dtype=float)
+    diff = np.nanmax(np.abs(losses - lc["train_loss"].to_numpy(dtype=float)))
+    print(f"bf16 host tier: max |Δ train loss| {diff:.2e} against float32")
+    assert 0 < diff <= torch.finfo(torch.bfloat16).eps * np.nanmax(np.abs(losses))
