@@ -9,6 +9,15 @@ The baseline is the process after imports with the blocks built on the meta devi
 the kernel's VmHWM, reset to the baseline through /proc/self/clear_refs (as zobench/measure.py `_KernelHWM`).
 `prepare` (implied when the file is missing) writes the random-init weights. A fixed mmap threshold keeps
 glibc from growing its heap with each freed block (its dynamic threshold), so freed blocks go back at once.
+
+The same on a real model through the runner's path (zobench/parallel/offload_hf.py), SmolLM2-135M from the
+`smollm2` preset, next-token loss on random tokens:
+
+    MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/offload_rss.py smollm2-resident --dir /tmp/off
+    MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/offload_rss.py smollm2-offload  --dir /tmp/off [--amp bfloat16]
+
+Here the model is loaded whole first (the GGUF is de-quantised in memory), so the setup peak is the model's
+for both; the figure is the training peak, with the high-water mark reset when the first step starts.
 """
 
 from __future__ import annotations
@@ -82,15 +91,62 @@ def warm_up(folder: Path) -> None:
     offload_steps(blocks(1, 8, "meta"), folder / "warm-up.safetensors", x, x, {"lr": 1e-3}, 1)
 
 
+def smollm2(mode: str, batch: int, seq: int, steps: int, amp: str | None) -> dict:
+    """Training-phase peak RSS and step time of SmolLM2-135M, resident or offloaded to a safetensors tier."""
+    import torch.nn.functional as F
+
+    from zobench.parallel.offload_hf import OffloadedModel, OffloadMethod
+
+    baseline = rss("VmRSS")
+    model = registry.models.get("smollm2").load({}, torch.device("cpu"), 0).model.eval().requires_grad_(True)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
+
+    def loss() -> torch.Tensor:
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+        return F.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1))
+
+    hp = {"lr": 1e-6, "eps": 1e-3}
+    cls = registry.methods.get("zo-sgd")
+    loaded = rss("VmHWM")
+    if mode == "smollm2-resident":
+        method = cls(list(model.parameters()), cls.Params.model_validate({**hp, "engine": "inplace"}), 0)
+    else:
+        method = OffloadMethod(OffloadedModel(model, "safetensors", amp, torch.device("cpu")), "zo-sgd", hp, 0)
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    start_rss = rss("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    times, losses = [], []
+    for _ in range(steps):
+        start = time.perf_counter()
+        with torch.no_grad():
+            losses.append(method.step(loss))
+        times.append(time.perf_counter() - start)
+    peak = rss("VmHWM")
+    layers = sum(p.numel() for p in model.parameters()) if mode == "smollm2-resident" else None
+    return {"mode": mode, "amp": amp, "batch": batch, "seq": seq, "baseline_rss": baseline, "setup_peak_rss": loaded,
+            "train_start_rss": start_rss, "train_peak_rss": peak, "train_peak_above_baseline": peak - baseline,
+            "resident_params": layers if layers is not None else sum(p.numel() for p in model.parameters()),
+            "median_step_s": statistics.median(times), "step_s": times, "losses": losses,
+            **({"precision": method.precision()} if mode == "smollm2-offload" else {})}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["prepare", "resident", "offload"])
+    ap.add_argument("mode", choices=["prepare", "resident", "offload", "smollm2-resident", "smollm2-offload"])
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--amp", default=None, help="smollm2-offload: the tier's precision (bfloat16, float16)")
     ap.add_argument("--dir", type=Path, required=True)
     ap.add_argument("--blocks", type=int, default=8)
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=3)
     args = ap.parse_args()
+    if args.mode.startswith("smollm2"):
+        torch.set_num_threads(1)
+        print(json.dumps(smollm2(args.mode, args.batch, args.seq, args.steps, args.amp)))
+        return
     path = args.dir / f"model-{args.blocks}x{args.width}.safetensors"
     if args.mode == "prepare":
         args.dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator
 
 from zobench.errors import UserError, did_you_mean
 from zobench.lm_eval_bridge import LmEvalSettings
@@ -193,6 +193,21 @@ class ParallelSettings(Strict):
     mode: Literal["shard", "queries"] = "shard"  # shard: the batch split, losses reduced; queries: q split
 
 
+class OffloadSettings(Strict):
+    """ZO2-style offload (zobench/parallel/offload_hf.py): decoder layers live in `tier` and cross once per step;
+    `amp` keeps them there in a low precision (ZO2's AMP mode), up-cast on upload."""
+
+    tier: Literal["safetensors", "host"] = "safetensors"
+    amp: Literal["bfloat16", "float16", "float8_e4m3fn"] | None = None
+
+
+class ShardSettings(Strict):
+    """A model over several devices through accelerate (zobench/parallel/sharded.py)."""
+
+    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | dict[str, str | int] = "auto"
+    max_memory: dict[str | int, str | int] | None = None
+
+
 class RunSettings(Strict):
     """How one run trains and evaluates; suite defaults, overridable per component."""
 
@@ -211,6 +226,24 @@ class RunSettings(Strict):
                                                                                     "wall-clock")
     lm_eval: LmEvalSettings | None = Field(None, description="lm-eval tasks run on the final model (in-process)")
     parallel: ParallelSettings | None = Field(None, description="data-parallel ZO over torch.distributed")
+    offload: OffloadSettings | None = Field(None, description="train a decoder block by block from a slower tier")
+    shard: ShardSettings | None = Field(None, description="place the model over devices with accelerate's device_map")
+
+    @field_validator("offload")
+    @classmethod
+    def _offload_alone(cls, value: OffloadSettings | None, info: ValidationInfo) -> OffloadSettings | None:
+        d = info.data
+        if value is not None and (d.get("select") != "last" or d.get("compile") or d.get("parallel") is not None):
+            raise ValueError("offload runs with select: last, without compile or parallel (the offloaded layers are "
+                             "not in the model's state to keep a best-dev copy of); set select: last")
+        return value
+
+    @field_validator("shard")
+    @classmethod
+    def _one_way_to_fit(cls, value: ShardSettings | None, info: ValidationInfo) -> ShardSettings | None:
+        if value is not None and info.data.get("offload") is not None:
+            raise ValueError("offload and shard are two ways to fit a model: choose one (remove one of the two)")
+        return value
 
 
 class Component(BaseModel):

@@ -134,6 +134,10 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> RunRecord:
                              store.run_dir(run_id) / BEST_STATE)
         record.metrics, record.cost, timing = trained.metrics, trained.cost, trained.timing
         record.info = workload.info
+        if spec.settings.shard is not None:  # each GPU's peak, not only the run device's (parallel/sharded.py)
+            from zobench.parallel.sharded import peak_allocated_per_device
+
+            record.info["peak_allocated_per_device"] = peak_allocated_per_device(workload.module)
         outcome.status = "done"
     except Diverged as e:
         outcome.status, outcome.diverged_at_step, outcome.error = "diverged", e.step, str(e)
@@ -170,10 +174,19 @@ def run(spec: RunSpec, store: Store, progress: Any = None) -> RunRecord:
 def _workload(spec: RunSpec, device: torch.device) -> tuple[Any, Workload]:
     """The model wrapped by its scheme (None for a synthetic problem) and the task's workload on it."""
     seed_everything(spec.seed)
-    bundle = registry.models.get(spec.model.name).load(spec.model.params, device, spec.seed)
+    shard = spec.settings.shard  # a sharded model is loaded on the CPU, then placed (zobench/parallel/sharded.py)
+    bundle = registry.models.get(spec.model.name).load(spec.model.params, torch.device("cpu") if shard else device,
+                                                       spec.seed)
+    if shard is not None and bundle is not None:
+        from zobench.parallel.sharded import bytes_per_device
+        from zobench.parallel.sharded import shard as place
+
+        bundle.model = place(bundle.model, shard.device_map, shard.max_memory)
     if bundle is not None:  # a scheme may wrap the model (peft): the task must see the wrapped one
         bundle.model = registry.schemes.get(spec.scheme.name).apply(bundle.model, spec.scheme.params) or bundle.model
     workload = registry.tasks.get(spec.task.name).build(spec.task.params, bundle, device, spec.seed)
+    if shard is not None and bundle is not None:
+        workload.info["param_bytes_per_device"] = bytes_per_device(bundle.model)
     return bundle, workload
 
 
@@ -184,7 +197,13 @@ def _method(spec: RunSpec, workload: Workload, clock: Clock) -> tuple[Workload, 
         torch._dynamo.reset()  # this run's own graphs: none left by an earlier run in this process
         compile_blocks(workload.module)
     method_cls = registry.methods.get(spec.method.name)
-    method = method_cls(workload.trainable(), method_cls.Params.model_validate(spec.method.params), spec.seed)
+    if spec.settings.offload is not None:  # ZO2-style: layers trained block by block from a slower tier
+        from zobench.parallel.offload_hf import offload_method
+
+        method = offload_method(spec.settings.offload, workload.module, spec.method.name, spec.method.params,
+                                spec.seed)
+    else:
+        method = method_cls(workload.trainable(), method_cls.Params.model_validate(spec.method.params), spec.seed)
     parallel = None
     if spec.settings.parallel is not None and spec.settings.parallel.data > 1:  # one of N workers: parallel/data.py
         from zobench.parallel.data import join

@@ -33,8 +33,15 @@ from zobench import registry
 from zobench.errors import UserError
 from zobench.optim.zo import ZOMethod
 
-_NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}  # bf16 travels as its bits
-_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+# bf16 and fp8 travel as their bits (numpy has neither type)
+_NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F8_E4M3": np.uint8}
+_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "F8_E4M3": torch.float8_e4m3fn}
+_BITS = {torch.bfloat16: torch.uint16, torch.float8_e4m3fn: torch.uint8}
+
+
+def nbytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class SafetensorsTier:
@@ -50,12 +57,17 @@ class SafetensorsTier:
         self.names: list[list[str]] = json.loads(meta["blocks"])  # block → its parameters' names, in order
         self.entries = {k: (v["dtype"], tuple(v["shape"]), v["data_offsets"][0]) for k, v in header.items()}
         self.loads = self.stores = 0  # block visits, for the once-per-step check
+        kinds = {v[0] for v in self.entries.values()}
+        self.dtype = _TORCH[kinds.pop()] if len(kinds) == 1 else None  # what crosses: the stored precision
 
     @classmethod
-    def create(cls, path: str | Path, blocks: Sequence[torch.nn.Module]) -> SafetensorsTier:
-        """Write the blocks' parameters (key 'block.name') and return the tier over them."""
+    def create(cls, path: str | Path, blocks: Sequence[torch.nn.Module],
+               dtype: torch.dtype | None = None) -> SafetensorsTier:
+        """Write the blocks' parameters (key 'block.name'), in `dtype` when given (ZO2's AMP: the slow tier
+        keeps a low-precision copy), and return the tier over them."""
         names = [[n for n, _ in b.named_parameters()] for b in blocks]
-        tensors = {f"{i}.{n}": p.detach().contiguous() for i, b in enumerate(blocks) for n, p in b.named_parameters()}
+        tensors = {f"{i}.{n}": p.detach().to(dtype or p.dtype).contiguous()
+                   for i, b in enumerate(blocks) for n, p in b.named_parameters()}
         save_file(tensors, str(path), metadata={"blocks": json.dumps(names)})
         return cls(path)
 
@@ -81,7 +93,7 @@ class SafetensorsTier:
             key = f"{b}.{name}"
             mapped = self._map(key, "r+")
             src = t.detach().contiguous()
-            mapped[...] = (src.view(torch.uint16) if src.dtype == torch.bfloat16 else src).numpy()
+            mapped[...] = (src.view(_BITS[src.dtype]) if src.dtype in _BITS else src).numpy()
             mapped.flush()
             del mapped
 
@@ -91,16 +103,18 @@ class HostTier:
     own setting, parameters in CPU memory and computed on the GPU. `load` hands out the host tensors; the
     scheduler copies them to its device and `store` copies the result back in place."""
 
-    def __init__(self, blocks: Iterable[torch.nn.Module]) -> None:
-        """`blocks` is read once, in order (a generator may build each block only when it is copied)."""
+    def __init__(self, blocks: Iterable[torch.nn.Module], dtype: torch.dtype | None = None) -> None:
+        """`blocks` is read once, in order (a generator may build each block only when it is copied); kept in
+        `dtype` when given (ZO2's AMP mode)."""
         pin = torch.cuda.is_available()
+        self.dtype = dtype
         self.names: list[list[str]] = []
         self.data: list[dict[str, torch.Tensor]] = []
         for b in blocks:
             self.names.append([n for n, _ in b.named_parameters()])
             host = {}
             for n, p in b.named_parameters():
-                t = torch.empty(p.shape, dtype=p.dtype, pin_memory=pin)
+                t = torch.empty(p.shape, dtype=dtype or p.dtype, pin_memory=pin)
                 t.copy_(p.detach())
                 host[n] = t
             self.data.append(host)
@@ -136,16 +150,80 @@ class ParamSpec:
         return True
 
 
+class CudaStreams:
+    """A side stream for uploads and events to order them (ZO2 zo2/optimizer/mezo_sgd/zo2.py:57-59 makes upload,
+    offload and compute streams; 188-210 `task_upload` runs the copy on the upload stream and 253 makes compute
+    wait for it). Here compute stays on the current stream and only uploads move to the side one."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.Stream(device=device)
+
+    def side(self) -> Any:
+        return torch.cuda.stream(self.stream)
+
+    def record(self) -> Any:
+        return self.stream.record_event()
+
+    def wait(self, event: Any, tensors: Iterable[torch.Tensor]) -> None:
+        current = torch.cuda.current_stream(self.stream.device)
+        current.wait_event(event)
+        for t in tensors:  # made on the side stream, used and freed on this one
+            t.record_stream(current)
+
+
+class Uploader:
+    """Blocks between the tier and the working device: up-cast to the working precision after the upload and
+    down-cast before the offload (ZO2's AMP: zo2/optimizer/mezo_sgd/zo2.py:480-481 decompresses after
+    `upload_impl`, 512-513 compresses before `offload_impl`; the update is applied at working precision and
+    rounded once, when the block goes back). With `streams` (CUDA, or a test's fake), block b+1's upload is
+    issued on the side stream before block b computes, and block b+1's compute waits on its event; without,
+    the same calls run in order. `bytes_moved` counts what crossed at the tier's precision."""
+
+    def __init__(self, tier: Any, device: torch.device, work_dtype: torch.dtype, streams: Any = None) -> None:
+        self.tier, self.device, self.work_dtype = tier, device, work_dtype
+        self.streams = streams if streams is not None else (CudaStreams(device) if device.type == "cuda" else None)
+        self.tier_dtype = getattr(tier, "dtype", None) or work_dtype
+        self._ahead: dict[int, tuple[dict[str, torch.Tensor], Any]] = {}
+        self.bytes_moved = 0
+
+    def _fetch(self, b: int) -> dict[str, torch.Tensor]:
+        host = self.tier.load(b)
+        self.bytes_moved += nbytes(host.values())
+        return {n: t.to(self.device, non_blocking=True).to(self.work_dtype) for n, t in host.items()}
+
+    def get(self, b: int, prefetch: int | None = None) -> dict[str, torch.Tensor]:
+        """Block b at working precision on the device; with `prefetch`, that block's upload starts on the side."""
+        if b in self._ahead:
+            tensors, event = self._ahead.pop(b)
+            self.streams.wait(event, tensors.values())
+        else:
+            self._ahead.clear()  # a schedule that changed order (an interrupted forward): nothing stale is used
+            tensors = self._fetch(b)
+        if prefetch is not None and self.streams is not None:
+            with self.streams.side():
+                ahead = self._fetch(prefetch)
+                self._ahead[prefetch] = (ahead, self.streams.record())
+        return tensors
+
+    def put(self, b: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Block b back to the tier, rounded to its precision on the device (so half the bytes cross)."""
+        low = {n: t.to(self.tier_dtype).to("cpu") for n, t in tensors.items()}
+        self.bytes_moved += nbytes(low.values())
+        self.tier.store(b, low)
+
+
 class OffloadZO:
     """ZO-SGD over `blocks` (applied in order; the first takes the inputs) whose parameters live in `tier`;
     `objective(output, batch)` is the loss. The block modules hold no numbers of their own (meta tensors):
     each visit runs them with the tier's tensors (torch.func.functional_call) on `device`, where z is made too.
-    Uploads are not yet overlapped with compute (ZO2's separate CUDA streams): a block's copy, then its work."""
+    On CUDA the next block's upload overlaps this block's compute (`Uploader`, `CudaStreams`); elsewhere the
+    same calls run in order."""
 
     def __init__(self, blocks: Sequence[torch.nn.Module], objective: Callable[[torch.Tensor, Any], torch.Tensor],
                  tier: SafetensorsTier | HostTier, method: str, params: dict[str, Any], seed: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", streams: Any = None) -> None:
         self.device = torch.device(device)
+        work = next(p for b in blocks for p in b.parameters()).dtype
         self.blocks = [b.to("meta") for b in blocks]
         self.objective, self.tier = objective, tier
         specs = [[ParamSpec(p, self.device) for _, p in b.named_parameters()] for b in self.blocks]
@@ -163,6 +241,7 @@ class OffloadZO:
             raise UserError(f"offload: '{method}' has an update or queries of its own; the offload schedule folds "
                             "plain SGD on Σ g·z into the next load (use zo-sgd, two-sided, without per-tensor decay)")
         self._pending: tuple[float, list[tuple[int, float]]] | None = None  # (decay factor, (seed, α) terms)
+        self.uploader = Uploader(tier, self.device, work, streams)
 
     @torch.no_grad()
     def _add(self, ps: list[torch.Tensor], idx: list[int], seed: int, alpha: float) -> None:
@@ -191,7 +270,7 @@ class OffloadZO:
         seeds = [int(s) for s in m._rng.integers(0, 2**62, size=m.hp.q)]  # the method's stream: zo.py `probe`
         plus, minus = [inputs] * len(seeds), [inputs] * len(seeds)
         for b, block in enumerate(self.blocks):
-            tensors = self._upload(b)
+            tensors = self.uploader.get(b, prefetch=b + 1 if b + 1 < len(self.blocks) else None)
             ps, idx = list(tensors.values()), self.index[b]
             self._fold(ps, idx)
             for j, seed in enumerate(seeds):
@@ -201,7 +280,7 @@ class OffloadZO:
                 minus[j] = functional_call(block, tensors, (minus[j],))
                 if j < len(seeds) - 1:  # the last restore waits for the update (engines.py `InplaceEngine`)
                     self._add(ps, idx, seed, eps)
-            self._offload(b, tensors)
+            self.uploader.put(b, tensors)
             del tensors, ps
         lp = [float(self.objective(h, batch)) for h in plus]
         lm = [float(self.objective(h, batch)) for h in minus]
@@ -219,16 +298,10 @@ class OffloadZO:
         if self._pending is None:
             return
         for b in range(len(self.blocks)):
-            tensors = self._upload(b)
+            tensors = self.uploader.get(b)
             self._fold(list(tensors.values()), self.index[b])
-            self._offload(b, tensors)
+            self.uploader.put(b, tensors)
         self._pending = None
-
-    def _upload(self, b: int) -> dict[str, torch.Tensor]:
-        return {n: t.to(self.device, non_blocking=True) for n, t in self.tier.load(b).items()}
-
-    def _offload(self, b: int, tensors: dict[str, torch.Tensor]) -> None:
-        self.tier.store(b, {n: t.to("cpu") for n, t in tensors.items()})
 
     def state(self) -> dict[str, torch.Tensor]:
         """The whole model's θ, keyed like `nn.Sequential(*blocks)` (tests and checkpoints; settles first)."""
