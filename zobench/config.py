@@ -211,6 +211,8 @@ class RunSettings(Strict):
                                                                                     "wall-clock")
     lm_eval: LmEvalSettings | None = Field(None, description="lm-eval tasks run on the final model (in-process)")
     parallel: ParallelSettings | None = Field(None, description="data-parallel ZO over torch.distributed")
+    gpus: Count | None = Field(None, description="GPUs each of the run's processes needs (a model spread over them "
+                               "by device_map); the executors reserve gpus × parallel.data. None: one where a GPU is")
 
 
 class Component(BaseModel):

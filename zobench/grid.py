@@ -53,8 +53,9 @@ class RunSpec(BaseModel):
             data["settings"].pop("lm_eval", None)
         else:
             data["settings"]["lm_eval"].pop("data_dir", None)  # where data lives is not what the run is
-        if data["settings"].get("parallel") is None:  # unset: the ids runs had before the field existed
-            data["settings"].pop("parallel", None)
+        for key in ("parallel", "gpus"):  # unset: the ids runs had before the fields existed
+            if data["settings"].get(key) is None:
+                data["settings"].pop(key, None)
         method = data["method"]["params"]  # float32 weights: `auto` is full precision, as before the field existed
         if method.get("mixed_precision") == "auto" and data["model"]["params"].get("dtype", "float32") == "float32":
             method.pop("mixed_precision")
