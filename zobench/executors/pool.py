@@ -78,7 +78,7 @@ def joined(slots: list[Slot], processes: int) -> Slot:
     if len(slots) == 1:
         return slots[0]
     threads = max(1, sum(s.threads for s in slots) // processes)
-    gpus = [s.device for s in slots if s.device]
+    gpus = sorted((s.device for s in slots if s.device), key=lambda d: (len(d), d))  # rank r gets the r-th
     kind = f"gpu {','.join(gpus)}" if gpus else f"cpu slots {','.join(s.label.split()[-1] for s in slots)}"
     return Slot(kind, {**slots[0].env, "CUDA_VISIBLE_DEVICES": ",".join(gpus), **thread_env(threads)}, threads,
                 ",".join(gpus))
@@ -103,7 +103,7 @@ class Slots:
         with self.changed:
             self.changed.wait_for(lambda: self._pick(n) is not None)
             picked = self._pick(n) or []
-            self.free = [s for s in self.free if s not in picked]
+            self.free = [s for s in self.free if all(s is not p for p in picked)]  # equal slots: by identity
             return picked
 
     def give(self, slots: list[Slot]) -> None:

@@ -14,7 +14,8 @@ The executors start one run's N workers themselves (`run_spec_distributed`, the 
         --spec SPEC.json --results ROOT --out RESULT.json      (the subprocess pool)
 
 a Slurm job with N tasks (submitit's `TorchDistributedEnvironment` exports the variables) and N Ray tasks in
-a placement group (rank 0's node and port handed to all) call `run_spec_distributed` directly.
+a placement group (meeting at a file:// rendezvous in the shared results folder) call
+`run_spec_distributed` directly.
 """
 
 from __future__ import annotations
@@ -33,17 +34,21 @@ import torch.distributed as dist
 from zobench.errors import UserError
 
 
-def init_from_env(device: str) -> None:
-    """Join the group the launcher described in the environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT: env://);
-    NCCL with one GPU per worker (LOCAL_RANK's) where the run may use a GPU and one is visible, else gloo."""
+def init_from_env(device: str, init: str | None = None, rank: int | None = None, world: int | None = None) -> None:
+    """Join the group the launcher described in the environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT: env://),
+    or at `init` (e.g. file:// on the results' shared filesystem) as `rank` of `world`; NCCL with one GPU per
+    worker (LOCAL_RANK's) where the run may use a GPU and one is visible, else gloo."""
     cuda = torch.cuda.is_available() and device != "cpu"
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-    dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+    if init is None:
+        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+    else:
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=init, rank=rank, world_size=world)
 
 
-def run_spec_distributed(spec_json: str, results: str, threads: int | None = None,
-                         wait: bool = False) -> dict[str, Any]:
+def run_spec_distributed(spec_json: str, results: str, threads: int | None = None, wait: bool = False,
+                         init: str | None = None, rank: int | None = None, world: int | None = None) -> dict[str, Any]:
     """One worker of a `parallel: {data: N}` run whose N processes an executor started (torchrun, a Slurm job's
     N tasks, N Ray tasks). Rank 0 claims the run and writes the results folder; it tells the others whether to
     run (the run may be done or held by another process), and they train into a scratch store thrown away.
@@ -60,7 +65,7 @@ def run_spec_distributed(spec_json: str, results: str, threads: int | None = Non
     if threads is not None:
         os.environ.update(thread_env(threads))
     spec = RunSpec.model_validate_json(spec_json)
-    init_from_env(spec.settings.device)
+    init_from_env(spec.settings.device, init, rank, world)
     try:
         rank = dist.get_rank()
         with torch_threads(threads):

@@ -1,0 +1,221 @@
+"""`parallel: {data: N}` and `gpus: k` through the executors: each starts a run's N workers itself.
+
+The subprocess pool (torchrun, N gloo processes) and submitit's local executor (a job of N tasks) run the same
+2-worker run of a tiny model; its summary must equal a one-process run on the full batch to float64 summation
+order, and say it ran as two workers (comm_bytes_per_step: one float64 loss per forward, two forwards a step;
+a one-process run records none). Slurm and Ray: the job script and the placement group they would submit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from zobench.cli import app
+from zobench.errors import UserError
+from zobench.executors.pool import Slot, Slots, SubprocessExecutor, joined
+
+SUITE = """name: dp-exec
+defaults: {batch_size: 8, steps: 4, eval_every: 4, select: last, device: cpu}
+executor:
+  name: subprocess
+  subprocess: {workers: 2, threads: 1}
+  slurm: {cluster: local, gpus_per_node: 0, threads: 1, poll_s: 0.2, timeout_min: 5}
+grid:
+  tasks: [{name: attention-regression, init: random}]
+  methods: [{name: zo-sgd, lr: 0.01, eps: 0.001, settings: {parallel: {data: 2}}}]
+  seeds: [0]
+"""
+ONE_PROCESS = SUITE.replace(", settings: {parallel: {data: 2}}", "")
+
+
+def _plan(path: Path, text: str) -> list:
+    from zobench.cli import plan
+
+    path.write_text(text)
+    return plan(path)[1]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> dict:
+    """The same run in this process, on the full batch."""
+    from zobench import runner
+    from zobench.store import Store
+
+    tmp = tmp_path_factory.mktemp("one")
+    [spec] = _plan(tmp / "suite.yaml", ONE_PROCESS)
+    return runner.run(spec, Store(tmp / "results", "dp-exec")).flat()
+
+
+def _tolerance(value: float) -> float:
+    """Summation order only (the shard losses are reduced in float64): a few hundred roundings of |value|."""
+    return 1e3 * torch.finfo(torch.float64).eps * max(1.0, abs(value))
+
+
+@pytest.mark.parametrize("engine", ["subprocess", "slurm"])
+def test_executor_runs_two_gloo_workers_equal_to_one_process(one_process: dict, tmp_path: Path, engine: str) -> None:
+    if engine == "slurm":
+        pytest.importorskip("submitit")
+    path = tmp_path / "suite.yaml"
+    [spec] = _plan(path, SUITE)
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = CliRunner().invoke(app, ["run", str(path), "--results", str(tmp_path / "r"), "--no-report",
+                                      "--executor", engine], env=env)
+    assert result.exit_code == 0, result.output
+    two = json.loads((tmp_path / "r" / "dp-exec" / spec.run_id / "summary.json").read_text())
+    assert two["status"] == "done", two.get("error")
+    assert two["comm_bytes_per_step"] == 2 * 8 and one_process["comm_bytes_per_step"] is None
+    assert two["pid"] != os.getpid()
+    for key in ("final_train_loss", "test_metric"):
+        assert abs(two[key] - one_process[key]) <= _tolerance(one_process[key]), key
+    if engine == "slurm":  # one job of two tasks, each with its rank's result
+        assert len(list((tmp_path / "r" / ".submitit" / "dp-exec").glob("*_[01]_result.pkl"))) == 2
+
+
+def test_slurm_submits_a_job_of_n_tasks_per_parallel_run(tmp_path: Path, monkeypatch) -> None:
+    """What would go to a real Slurm: the one-process run in an array of 1 task and 1 GPU, the 2-worker run in
+    an array of 2 tasks and 2 GPUs on one node (srun starts the tasks; each exports torch's env from Slurm's)."""
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path}/sbatch-$$.sh\necho 'Submitted batch job 77'\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    both = SUITE.replace("[{name: zo-sgd, lr: 0.01, eps: 0.001, settings: {parallel: {data: 2}}}]",
+                         "[{name: zo-sgd, lr: 0.01, eps: 0.001, settings: {parallel: {data: 2}}}, "
+                         "{name: zo-sgd, label: one, lr: 0.01, eps: 0.001}]")
+    both = both.replace("name: subprocess", "name: slurm").replace(
+        "slurm: {cluster: local, gpus_per_node: 0, threads: 1, poll_s: 0.2, timeout_min: 5}",
+        "slurm: {partition: gpu, gpus_per_node: 1, wait: false}")
+    (tmp_path / "suite.yaml").write_text(both)
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "suite.yaml"), "--results", str(tmp_path / "r"),
+                                      "--no-report"])
+    assert result.exit_code == 0, result.output
+    scripts = sorted(p.read_text() for p in tmp_path.glob("sbatch-*.sh"))
+    assert len(scripts) == 2, result.output
+    two = next(s for s in scripts if "--ntasks-per-node=2" in s)
+    one = next(s for s in scripts if "--ntasks-per-node=1" in s)
+    assert "#SBATCH --gpus-per-node=2" in two and "#SBATCH --gpus-per-node=1" in one
+    assert "srun" in two and "#SBATCH --partition=gpu" in two
+
+
+def test_slurm_task_exports_the_torch_environment_from_slurms(monkeypatch) -> None:
+    """A task of a 2-task job finds the others through Slurm's variables: rank, world, the job's first host."""
+    submitit = pytest.importorskip("submitit")
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "77", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
+             "SLURM_LOCALID": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "gpu-node7"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    seen: dict = {}
+
+    def fake(spec_json, results, threads, wait, **_):
+        seen.update({k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "LOCAL_RANK")})
+        return {"rank": 1}
+
+    monkeypatch.setattr("zobench.parallel.launch.run_spec_distributed", fake)
+    from zobench.executors.slurm import Run
+    from zobench.grid import RunSpec
+
+    assert submitit.JobEnvironment().cluster == "slurm"
+    spec = json.dumps({**RunSpec.model_validate(_spec_dict()).model_dump(mode="json")})
+    assert Run(requeue=False)(spec, "/tmp/results", 1, False) == {"rank": 1}
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        os.environ.pop(key, None)  # export() wrote them outside monkeypatch
+    assert seen == {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "gpu-node7", "LOCAL_RANK": "1"}
+
+
+def _spec_dict(gpus: int | None = None) -> dict:
+    resolved = {"name": "x", "label": "x", "params": {}}
+    settings = {"parallel": {"data": 2}, **({"gpus": gpus} if gpus else {})}
+    return {"suite": "s", "model": resolved, "task": resolved, "method": resolved, "scheme": resolved, "seed": 0,
+            "settings": settings}
+
+
+def test_ray_asks_for_a_placement_group_of_n_bundles() -> None:
+    from zobench.executors.ray_cluster import placement
+    from zobench.grid import RunSpec
+
+    spec = RunSpec.model_validate(_spec_dict())
+    assert placement(spec, 1.0, 1.0) == {"bundles": [{"CPU": 1.0, "GPU": 1.0}] * 2, "strategy": "PACK"}
+    assert placement(spec, 2.0, 0.0)["bundles"] == [{"CPU": 2.0}] * 2  # a CPU cluster: no GPU asked for
+    wide = RunSpec.model_validate(_spec_dict(gpus=2))
+    assert placement(wide, 1.0, 1.0)["bundles"] == [{"CPU": 1.0, "GPU": 2.0}] * 2
+
+
+def test_ray_starts_rank_r_in_bundle_r_meeting_at_one_rendezvous(tmp_path: Path, monkeypatch) -> None:
+    """The tasks Ray would get (a recording stand-in for ray.remote): N tasks, rank r pinned to bundle r, all with
+    the same file:// rendezvous in the run's folder; rank 0's is the run's result."""
+    pytest.importorskip("ray")
+    from zobench.executors.ray_cluster import RayExecutor
+    from zobench.grid import RunSpec
+    from zobench.store import Store
+
+    calls: list[tuple[dict, tuple]] = []
+
+    class Task:
+        def __init__(self, options: dict | None = None) -> None:
+            self.opts = options or {}
+
+        def options(self, **kw):
+            return Task({**self.opts, **kw})
+
+        def remote(self, *args):
+            calls.append((self.opts, args))
+            return f"ref{len(calls) - 1}"
+
+    groups: list = []
+    monkeypatch.setattr("ray.util.placement_group", lambda bundles, strategy: groups.append(bundles) or "pg")
+    fake_ray = SimpleNamespace(remote=lambda fn: Task(), __version__="x")
+    ex = RayExecutor({"num_cpus": 1, "threads": 1})
+    ex._groups = []
+    spec = RunSpec.model_validate(_spec_dict())
+    ref = ex._submit_workers(fake_ray, spec, str(tmp_path), 1, False, 0.0, Store(tmp_path, "s"))
+    assert ref == "ref0" and groups == [[{"CPU": 1.0}] * 2]
+    assert [c[0]["scheduling_strategy"].placement_group_bundle_index for c in calls] == [0, 1]
+    assert [c[1][4:6] for c in calls] == [(0, 2), (1, 2)]  # (rank, world)
+    inits = {c[1][6] for c in calls}
+    assert len(inits) == 1 and next(iter(inits)).startswith(f"file://{tmp_path}")
+
+
+def test_a_run_needing_two_gpus_waits_for_two_free_ones() -> None:
+    slots = Slots([Slot(f"gpu {g}", {"CUDA_VISIBLE_DEVICES": g}, 4, g) for g in ("0", "0", "1", "1")])
+    mine = slots.take(2)
+    assert sorted(s.device for s in mine) == ["0", "1"]  # two distinct GPUs, not both slots of GPU 0
+    first = slots.take(1)
+    got: list = []
+    waiting = threading.Thread(target=lambda: got.append(slots.take(2)))
+    waiting.start()
+    waiting.join(0.2)
+    assert not got  # one free slot left: the 2-GPU run waits
+    slots.give(first + mine)
+    waiting.join(30)
+    assert got and sorted(s.device for s in got[0]) == ["0", "1"]
+    run = joined(got[0], processes=2)
+    assert run.env["CUDA_VISIBLE_DEVICES"] == "0,1" and run.threads == 4
+
+
+def test_pool_refuses_a_run_needing_more_gpus_than_it_has(tmp_path: Path) -> None:
+    [spec] = _plan(tmp_path / "suite.yaml", SUITE.replace("device: cpu", "device: auto"))
+    from zobench.store import Store
+
+    with pytest.raises(UserError, match=r"needs 2 GPUs .* the subprocess pool has 1"):
+        SubprocessExecutor({"gpus": ["0"]}).fan([spec], Store(tmp_path / "r", "dp-exec"), wait=False)
+    assert not (tmp_path / "r" / "dp-exec" / spec.run_id / "summary.json").exists()
+
+
+def test_unset_gpus_keeps_run_ids(tmp_path: Path) -> None:
+    [plain] = _plan(tmp_path / "a.yaml", ONE_PROCESS)
+    [two] = _plan(tmp_path / "b.yaml", ONE_PROCESS.replace("device: cpu}", "device: cpu, gpus: 2}"))
+    assert "gpus" not in plain.hashed()["settings"] and two.settings.gpus == 2
+    assert plain.run_id != two.run_id
