@@ -113,14 +113,15 @@ class RayExecutor(FanoutExecutor):
                                 f"cluster has {resources.get('CPU', 0):g} CPU and {resources.get('GPU', 0):g} GPU; "
                                 f"lower parallel.data, gpus or executor.ray.num_cpus/num_gpus")
         threads = o.threads or max(1, int(o.num_cpus))
-        task = ray.remote(run_spec_json).options(num_cpus=o.num_cpus, num_gpus=gpus, max_retries=o.max_retries)
+        task = ray.remote(run_spec_json)
         root = str(Path(store.root).resolve())
         refs, self._groups = {}, []
         for i, s in enumerate(specs):
             if workers(s) > 1:
                 refs[self._submit_workers(ray, s, root, threads, wait, gpus, store)] = i
             else:
-                per_run = task.options(num_gpus=placement(s, o.num_cpus, gpus)["bundles"][0].get("GPU", 0))
+                per_run = task.options(num_cpus=o.num_cpus, max_retries=o.max_retries,
+                                       num_gpus=placement(s, o.num_cpus, gpus)["bundles"][0].get("GPU", 0))
                 refs[per_run.remote(s.model_dump_json(), root, threads, wait)] = i
         at_once = int(min(resources.get("CPU", 0) // o.num_cpus, resources.get("GPU", 0) // gpus if gpus else 1e9))
         title = (f"ray: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; per run {o.num_cpus:g} CPU, "
