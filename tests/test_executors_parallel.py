@@ -19,7 +19,6 @@ import torch
 from typer.testing import CliRunner
 
 from zobench.cli import app
-from zobench.errors import UserError
 from zobench.executors.pool import Slot, Slots, SubprocessExecutor, joined
 
 SUITE = """name: dp-exec
@@ -205,13 +204,14 @@ def test_a_run_needing_two_gpus_waits_for_two_free_ones() -> None:
     assert run.env["CUDA_VISIBLE_DEVICES"] == "0,1" and run.threads == 4
 
 
-def test_pool_refuses_a_run_needing_more_gpus_than_it_has(tmp_path: Path) -> None:
+def test_pool_records_a_run_needing_more_gpus_than_it_has_as_failed(tmp_path: Path) -> None:
+    """Recorded without starting anything (no worker.log), so a suite's 16-GPU row does not stop the 1-GPU rows."""
     [spec] = _plan(tmp_path / "suite.yaml", SUITE.replace("device: cpu", "device: auto"))
     from zobench.store import Store
 
-    with pytest.raises(UserError, match=r"needs 2 GPUs .* the subprocess pool has 1"):
-        SubprocessExecutor({"gpus": ["0"]}).fan([spec], Store(tmp_path / "r", "dp-exec"), wait=False)
-    assert not (tmp_path / "r" / "dp-exec" / spec.run_id / "summary.json").exists()
+    [summary] = SubprocessExecutor({"gpus": ["0"]}).fan([spec], Store(tmp_path / "r", "dp-exec"), wait=False)
+    assert summary["status"] == "failed" and "needs 2 GPUs" in summary["error"] and "pool has 1" in summary["error"]
+    assert not (tmp_path / "r" / "dp-exec" / spec.run_id / "worker.log").exists()
 
 
 def test_unset_gpus_keeps_run_ids(tmp_path: Path) -> None:

@@ -148,14 +148,14 @@ class SubprocessExecutor(FanoutExecutor):
         free = Slots(slots)
         gpu = bool(slots[0].device)
         need = {s.run_id: gpus_needed(s) if gpu else min(workers(s), len(slots)) for s in specs}
-        too_big = [s for s in specs if gpu and need[s.run_id] > free.gpus]
-        if too_big:
-            s = too_big[0]
-            raise UserError(f"run {s.run_id} needs {need[s.run_id]} GPUs (gpus: {s.settings.gpus or 1} × "
-                            f"parallel.data: {workers(s)}) but the subprocess pool has {free.gpus}; run it where "
-                            f"more GPUs are visible (CUDA_VISIBLE_DEVICES, executor.subprocess.gpus), or lower them")
-        self._procs: dict[str, subprocess.Popen] = {}
         results: dict[str, dict[str, Any]] = {}
+        for s in [s for s in specs if gpu and need[s.run_id] > free.gpus]:  # recorded, and the grid goes on
+            results[s.run_id] = lost_run(s, store, f"the run needs {need[s.run_id]} GPUs (gpus: {s.settings.gpus or 1}"
+                                                   f" × parallel.data: {workers(s)}) but the subprocess pool has "
+                                                   f"{free.gpus}; run it where more GPUs are visible "
+                                                   f"(CUDA_VISIBLE_DEVICES, executor.subprocess.gpus)")
+        specs_to_run = [s for s in specs if s.run_id not in results]
+        self._procs: dict[str, subprocess.Popen] = {}
         kind = slots[0].label.split()[0]
         title = f"subprocess pool: {len(slots)} {kind} slots, {slots[0].threads} thread(s) per run"
         with board(self.console, len(specs), title, store) as b, cf.ThreadPoolExecutor(len(slots)) as pool:
@@ -169,7 +169,7 @@ class SubprocessExecutor(FanoutExecutor):
                 finally:
                     free.give(taken)
 
-            futures: dict[cf.Future, RunSpec] = {pool.submit(one, spec): spec for spec in specs}
+            futures: dict[cf.Future, RunSpec] = {pool.submit(one, spec): spec for spec in specs_to_run}
             try:
                 todo = set(futures)
                 while todo:
