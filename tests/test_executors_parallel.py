@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -219,3 +220,45 @@ def test_unset_gpus_keeps_run_ids(tmp_path: Path) -> None:
     [two] = _plan(tmp_path / "b.yaml", ONE_PROCESS.replace("device: cpu}", "device: cpu, gpus: 2}"))
     assert "gpus" not in plain.hashed()["settings"] and two.settings.gpus == 2
     assert plain.run_id != two.run_id
+
+
+REPORTED = """name: memory-report
+regenerates: zo2-memory, mezo-table22
+defaults: {steps: 2, batch_size: 2, eval_every: 2, eval_at_start: false, select: last, device: cpu}
+grid:
+  models:
+    - {name: tiny, label: opt-1.3b, config: {model_type: opt, hidden_size: 16, word_embed_proj_dim: 16,
+       num_hidden_layers: 1, num_attention_heads: 2, ffn_dim: 32, max_position_embeddings: 64}}
+  tasks: [{name: synthetic-sentiment, train_size: 8, dev_size: 4, test_size: 4, max_length: 32}]
+  methods: [{name: zo-sgd, lr: 0.001}, {name: fo-adam, lr: 0.001}]
+"""
+
+
+def test_memory_suites_report_the_published_figures_beside_ours(tmp_path: Path) -> None:
+    """A tiny model labelled opt-1.3b lands in the OPT-1.3B rows of ZO2's and MeZO Table 22's layouts, the papers'
+    GB figures beside it (ZO2 3.75; MeZO 4 for MeZO, 27 for full FT)."""
+    path = tmp_path / "suite.yaml"
+    path.write_text(REPORTED)
+    result = CliRunner().invoke(app, ["run", str(path), "--results", str(tmp_path / "r"), "--reports",
+                                      str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    from zobench.report.frame import runs_frame
+    from zobench.report.papers import LAYOUTS, place
+
+    frame = runs_frame(tmp_path / "r" / "memory-report")
+    (zo2,) = place(frame, LAYOUTS["zo2-memory"])
+    cells = zo2.cells.set_index(["row", "column"])
+    assert cells.loc[("OPT-1.3B", "GPU memory (GB)"), "paper"] == 3.75
+    assert cells.loc[("OPT-1.3B", "GPU memory (GB)"), "ours_mean"] > 0
+    assert ("OPT-175B", "GPU memory (GB)") in cells.index  # published rows show without a run of ours
+    (t22,) = place(frame, LAYOUTS["mezo-table22"])
+    cells = t22.cells.set_index(["row", "column"])
+    assert cells.loc[("OPT-1.3B", "zero-shot / MeZO"), "paper"] == 4
+    assert cells.loc[("OPT-1.3B", "full FT"), "paper"] == 27
+    ours = zo2.cells.set_index(["row", "column"]).loc[("OPT-1.3B", "GPU memory (GB)"), "ours_mean"]
+    assert ours == cells.loc[("OPT-1.3B", "zero-shot / MeZO"), "ours_mean"]  # the ZO run's figure, not FT's
+    assert ours != cells.loc[("OPT-1.3B", "full FT"), "ours_mean"]
+    page = (tmp_path / "p" / "memory-report")
+    assert "ZO2 — GPU memory of MeZO-SGD with CPU offload" in (page / "index.html").read_text()
+    table = pd.read_csv(page / "tables" / "zo2-memory.csv").set_index("row")
+    assert table.loc["OPT-175B", "paper"] == 18.04 and table.loc["OPT-1.3B", "ours_n"] == 1
