@@ -262,3 +262,106 @@ def test_memory_suites_report_the_published_figures_beside_ours(tmp_path: Path) 
     assert "ZO2 — GPU memory of MeZO-SGD with CPU offload" in (page / "index.html").read_text()
     table = pd.read_csv(page / "tables" / "zo2-memory.csv").set_index("row")
     assert table.loc["OPT-175B", "paper"] == 18.04 and table.loc["OPT-1.3B", "ours_n"] == 1
+
+
+FSDP = """name: fsdp
+defaults: {steps: 3, batch_size: 4, eval_every: 3, eval_at_start: false, select: last, device: cpu}
+grid:
+  models: [{name: tiny, label: tiny-llama, config: {model_type: llama, hidden_size: 32, intermediate_size: 64,
+            num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 2, max_position_embeddings: 128}}]
+  tasks: [{name: synthetic-sentiment, train_size: 16, dev_size: 8, test_size: 8, max_length: 32}]
+  methods:
+    - {name: fo-adam, label: plain, lr: 0.001}
+    - {name: fo-adam, label: sharded, lr: 0.001, settings: {fsdp: {cpu_offload: false}}}
+    - {name: fo-adam, label: offload, lr: 0.001, settings: {fsdp: {}}}
+"""
+
+
+def test_fsdp_through_the_runner_trains_as_the_plain_run_and_offload_names_the_fix(tmp_path: Path) -> None:
+    """FSDP2 over a group of one (this process) is the plain run: same losses. CPU offload on a machine without a
+    GPU fails the run with the reason and the fix (FSDP2's CPUOffloadPolicy needs an accelerator)."""
+    import torch.distributed as dist
+
+    from zobench import runner
+    from zobench.store import Store
+
+    specs = {s.method.label: s for s in _plan(tmp_path / "suite.yaml", FSDP)}
+    store = Store(tmp_path / "r", "fsdp")
+    try:
+        got = {label: runner.run(spec, store) for label, spec in specs.items()}
+    finally:
+        if dist.is_initialized():  # the group of one the fsdp run made in this process
+            dist.destroy_process_group()
+    assert got["plain"].outcome.status == got["sharded"].outcome.status == "done"
+    assert got["sharded"].metrics.final_train_loss == pytest.approx(
+        got["plain"].metrics.final_train_loss, rel=100 * torch.finfo(torch.float32).eps)
+    assert "fsdp" not in specs["plain"].hashed()["settings"]
+    if torch.cuda.is_available():
+        assert got["offload"].outcome.status == "done"
+    else:
+        assert got["offload"].outcome.status == "failed"
+        error = got["offload"].outcome.error
+        assert "CPUOffloadPolicy" in error and "needs a GPU" in error and "cpu_offload: false" in error
+
+
+def _fsdp_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        torch.save(_fsdp_train(sharded=True), os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+class _Stack(torch.nn.Module):
+    """Two blocks in a ModuleList (what zobench.models.base.blocks finds, and FSDP wraps each) and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(6, 6), torch.nn.Linear(6, 6)])
+        self.head = torch.nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return self.head(x)
+
+
+def _fsdp_train(sharded: bool) -> tuple[list[float], torch.Tensor, int]:
+    """Two Adam steps on a float64 stack of two blocks (every worker on the whole batch), losses and final θ."""
+    from zobench.parallel.fsdp import shard
+
+    torch.manual_seed(0)
+    model = _Stack().to(torch.float64)
+    params = shard(model, cpu_offload=False, device=torch.device("cpu")) if sharded else list(model.parameters())
+    opt = torch.optim.Adam(params, lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (8,), generator=g)
+    losses = []
+    for _ in range(2):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
+    held = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
+    return losses, torch.cat([p.detach().reshape(-1) for p in full]), held
+
+
+def test_fsdp_sharding_over_two_gloo_processes_equals_one_process(tmp_path: Path) -> None:
+    """Each worker holds half of every parameter (and of Adam's state); losses and the gathered θ after two steps
+    equal one process's to float64 summation order (the average of two equal gradients)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fsdp_worker, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2, join=True)
+    ref_losses, ref_theta, whole = _fsdp_train(sharded=False)
+    tol = 1e3 * torch.finfo(torch.float64).eps
+    held = [torch.load(tmp_path / f"rank{rank}.pt")[2] for rank in range(2)]
+    assert sum(held) == whole and max(held) < whole  # each worker holds its shard only
+    for rank in range(2):
+        losses, theta, _ = torch.load(tmp_path / f"rank{rank}.pt")
+        assert losses == pytest.approx(ref_losses, rel=tol, abs=tol)
+        assert float((theta - ref_theta).abs().max()) <= tol * max(1.0, float(ref_theta.abs().max()))

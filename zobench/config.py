@@ -193,6 +193,12 @@ class ParallelSettings(Strict):
     mode: Literal["shard", "queries"] = "shard"  # shard: the batch split, losses reduced; queries: q split
 
 
+class FsdpSettings(Strict):
+    """First-order training sharded by FSDP2 (zobench/parallel/fsdp.py); cpu_offload: FSDP2's CPUOffloadPolicy."""
+
+    cpu_offload: StrictBool = True
+
+
 class RunSettings(Strict):
     """How one run trains and evaluates; suite defaults, overridable per component."""
 
@@ -213,6 +219,7 @@ class RunSettings(Strict):
     parallel: ParallelSettings | None = Field(None, description="data-parallel ZO over torch.distributed")
     gpus: Count | None = Field(None, description="GPUs each of the run's processes needs (a model spread over them "
                                "by device_map); the executors reserve gpus × parallel.data. None: one where a GPU is")
+    fsdp: FsdpSettings | None = Field(None, description="first-order: shard the model with FSDP2, offload to CPU")
 
 
 class Component(BaseModel):

@@ -53,7 +53,7 @@ class RunSpec(BaseModel):
             data["settings"].pop("lm_eval", None)
         else:
             data["settings"]["lm_eval"].pop("data_dir", None)  # where data lives is not what the run is
-        for key in ("parallel", "gpus"):  # unset: the ids runs had before the fields existed
+        for key in ("parallel", "gpus", "fsdp"):  # unset: the ids runs had before the fields existed
             if data["settings"].get(key) is None:
                 data["settings"].pop(key, None)
         method = data["method"]["params"]  # float32 weights: `auto` is full precision, as before the field existed
