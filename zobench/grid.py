@@ -49,13 +49,15 @@ class RunSpec(BaseModel):
 
     def hashed(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude={"suite", "sweep"})
+        for key in ("gpus", "fsdp"):  # unset: the ids runs had before these fields existed
+            if data["settings"].get(key) is None:
+                data["settings"].pop(key, None)
         if data["settings"].get("lm_eval") is None:  # unset: runs keep the ids they had before the field existed
             data["settings"].pop("lm_eval", None)
         else:
             data["settings"]["lm_eval"].pop("data_dir", None)  # where data lives is not what the run is
-        for key in ("parallel", "gpus", "fsdp"):  # unset: the ids runs had before the fields existed
-            if data["settings"].get(key) is None:
-                data["settings"].pop(key, None)
+        if data["settings"].get("parallel") is None:  # unset: the ids runs had before the field existed
+            data["settings"].pop("parallel", None)
         method = data["method"]["params"]  # float32 weights: `auto` is full precision, as before the field existed
         if method.get("mixed_precision") == "auto" and data["model"]["params"].get("dtype", "float32") == "float32":
             method.pop("mixed_precision")
