@@ -356,7 +356,8 @@ def test_fsdp_sharding_over_two_gloo_processes_equals_one_process(tmp_path: Path
     equal one process's to float64 summation order (the average of two equal gradients)."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_fsdp_worker, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2, join=True)
+    mp.start_processes(_fsdp_worker, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2,
+                       start_method="fork")  # no re-import of this module per worker
     ref_losses, ref_theta, whole = _fsdp_train(sharded=False)
     tol = 1e3 * torch.finfo(torch.float64).eps
     held = [torch.load(tmp_path / f"rank{rank}.pt")[2] for rank in range(2)]
