@@ -154,6 +154,8 @@ class SubprocessExecutor(FanoutExecutor):
                                                    f" × parallel.data: {workers(s)}) but the subprocess pool has "
                                                    f"{free.gpus}; run it where more GPUs are visible "
                                                    f"(CUDA_VISIBLE_DEVICES, executor.subprocess.gpus)")
+        for run_id in results:
+            self.console.print(f"  {run_id[:70]}: failed {results[run_id]['error']}", markup=False, highlight=False)
         specs_to_run = [s for s in specs if s.run_id not in results]
         self._procs: dict[str, subprocess.Popen] = {}
         kind = slots[0].label.split()[0]

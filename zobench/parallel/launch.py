@@ -34,13 +34,14 @@ import torch.distributed as dist
 from zobench.errors import UserError
 
 
-def init_from_env(device: str, init: str | None = None, rank: int | None = None, world: int | None = None) -> None:
+def init_from_env(device: str, init: str | None = None, rank: int | None = None, world: int | None = None,
+                  gpus: int = 1) -> None:
     """Join the group the launcher described in the environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT: env://),
     or at `init` (e.g. file:// on the results' shared filesystem) as `rank` of `world`; NCCL with one GPU per
-    worker (LOCAL_RANK's) where the run may use a GPU and one is visible, else gloo."""
+    worker where the run may use a GPU and one is visible (the first of its `gpus`: LOCAL_RANK × gpus), else gloo."""
     cuda = torch.cuda.is_available() and device != "cpu"
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) * gpus % torch.cuda.device_count())
     if init is None:
         dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
     else:
@@ -65,7 +66,7 @@ def run_spec_distributed(spec_json: str, results: str, threads: int | None = Non
     if threads is not None:
         os.environ.update(thread_env(threads))
     spec = RunSpec.model_validate_json(spec_json)
-    init_from_env(spec.settings.device, init, rank, world)
+    init_from_env(spec.settings.device, init, rank, world, spec.settings.gpus or 1)
     try:
         rank = dist.get_rank()
         with torch_threads(threads):
