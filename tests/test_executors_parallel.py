@@ -198,9 +198,15 @@ def test_a_run_needing_two_gpus_waits_for_two_free_ones() -> None:
     waiting.start()
     waiting.join(0.2)
     assert not got  # one free slot left: the 2-GPU run waits
+    later: list = []
+    behind = threading.Thread(target=lambda: later.append(slots.take(1)))
+    behind.start()
+    behind.join(0.2)
+    assert not later  # a free slot, but the 2-GPU run asked first: no starving it
     slots.give(first + mine)
     waiting.join(30)
-    assert got and sorted(s.device for s in got[0]) == ["0", "1"]
+    behind.join(30)
+    assert got and sorted(s.device for s in got[0]) == ["0", "1"] and len(later[0]) == 1
     run = joined(got[0], processes=2)
     assert run.env["CUDA_VISIBLE_DEVICES"] == "0,1" and run.threads == 4
 

@@ -85,12 +85,14 @@ def joined(slots: list[Slot], processes: int) -> Slot:
 
 
 class Slots:
-    """The pool's free slots; a run takes all it needs at once (on distinct GPUs), waiting until they are free."""
+    """The pool's free slots; a run takes all it needs at once (on distinct GPUs), waiting until they are free.
+    Runs are served in the order they asked: a 2-GPU run is not starved by 1-GPU runs taking each GPU freed."""
 
     def __init__(self, slots: list[Slot]) -> None:
         self.free, self.total = list(slots), len(slots)
         self.gpus = len({s.device for s in slots if s.device})
         self.changed = threading.Condition()
+        self.waiting: list[object] = []
 
     def _pick(self, n: int) -> list[Slot] | None:
         picked: list[Slot] = []
@@ -100,10 +102,14 @@ class Slots:
         return picked if len(picked) == n else None
 
     def take(self, n: int) -> list[Slot]:
+        turn = object()
         with self.changed:
-            self.changed.wait_for(lambda: self._pick(n) is not None)
+            self.waiting.append(turn)
+            self.changed.wait_for(lambda: self.waiting[0] is turn and self._pick(n) is not None)
+            self.waiting.pop(0)
             picked = self._pick(n) or []
             self.free = [s for s in self.free if all(s is not p for p in picked)]  # equal slots: by identity
+            self.changed.notify_all()  # the next in line may fit in what is left
             return picked
 
     def give(self, slots: list[Slot]) -> None:
@@ -155,7 +161,8 @@ class SubprocessExecutor(FanoutExecutor):
                                                    f"{free.gpus}; run it where more GPUs are visible "
                                                    f"(CUDA_VISIBLE_DEVICES, executor.subprocess.gpus)")
         for run_id in results:
-            self.console.print(f"  {run_id[:70]}: failed {results[run_id]['error']}", markup=False, highlight=False)
+            why = results[run_id].get("error") or "held by another process"
+            self.console.print(f"  {run_id[:70]}: {why}", markup=False, highlight=False)
         specs_to_run = [s for s in specs if s.run_id not in results]
         self._procs: dict[str, subprocess.Popen] = {}
         kind = slots[0].label.split()[0]
