@@ -194,12 +194,12 @@ def test_a_run_needing_two_gpus_waits_for_two_free_ones() -> None:
     assert sorted(s.device for s in mine) == ["0", "1"]  # two distinct GPUs, not both slots of GPU 0
     first = slots.take(1)
     got: list = []
-    waiting = threading.Thread(target=lambda: got.append(slots.take(2)))
+    waiting = threading.Thread(target=lambda: got.append(slots.take(2)), daemon=True)
     waiting.start()
     waiting.join(0.2)
     assert not got  # one free slot left: the 2-GPU run waits
     later: list = []
-    behind = threading.Thread(target=lambda: later.append(slots.take(1)))
+    behind = threading.Thread(target=lambda: later.append(slots.take(1)), daemon=True)
     behind.start()
     behind.join(0.2)
     assert not later  # a free slot, but the 2-GPU run asked first: no starving it
