@@ -123,7 +123,7 @@ def test_slurm_task_exports_the_torch_environment_from_slurms(monkeypatch) -> No
         seen.update({k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "LOCAL_RANK")})
         return {"rank": 1}
 
-    monkeypatch.setattr("zobench.parallel.launch.run_spec_distributed", fake)
+    monkeypatch.setattr("zobench.parallel.workers.run_spec_distributed", fake)
     from zobench.executors.slurm import Run
     from zobench.grid import RunSpec
 

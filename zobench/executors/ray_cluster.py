@@ -43,7 +43,7 @@ class RayOptions(ExecutorOptions):
 def distributed_worker(spec_json: str, results: str, threads: int, wait: bool, rank: int, world: int,
                        init: str) -> dict[str, Any]:
     """One Ray task of a `parallel: {data: N}` run: rank `rank` of `world`, meeting the others at `init`."""
-    from zobench.parallel.launch import run_spec_distributed
+    from zobench.parallel.workers import run_spec_distributed
 
     return run_spec_distributed(spec_json, results, threads, wait, init=init, rank=rank, world=world)
 

@@ -8,7 +8,7 @@ machine through submitit's local executor (tests, a workstation), at most `array
 A run with `parallel: {data: N}` is a job with N tasks on one node (`tasks_per_node`, and N × `gpus` GPUs,
 `gpus_per_node` being the GPUs of a one-process run): each task exports the torch.distributed environment from
 Slurm's (submitit's `TorchDistributedEnvironment`: MASTER_ADDR is the job's first host, RANK its global task id)
-and joins the group through env:// (`zobench.parallel.launch.run_spec_distributed`). Runs of one shape share an
+and joins the group through env:// (`zobench.parallel.workers.run_spec_distributed`). Runs of one shape share an
 array job; each shape is an array of its own (an array's tasks all get the same resources).
 """
 
@@ -64,7 +64,7 @@ class Run:
         if workers(RunSpec.model_validate_json(spec_json)) > 1:  # one of the job's N tasks
             import submitit
 
-            from zobench.parallel.launch import run_spec_distributed
+            from zobench.parallel.workers import run_spec_distributed
 
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
             return run_spec_distributed(spec_json, results, threads, wait)
