@@ -8,11 +8,44 @@
 # model ($SHAPE) resident, streamed block by block from pinned host memory by zobench's offload scheduler, and
 # through accelerate's device_map (forwards only), the last two with the GPU capped at $CAP_GIB GiB; NVML per
 # device, torch's allocator, RSS and step times into $OUT/offload-<shape>-<mode>.json, one line each in .txt.
+# `run_gpu.sh issue19` runs all of issue 19's GPU figures: the `offload` figures above, then the memory suites
+# (suites/mezo-memory.yaml, suites/zo2-memory.yaml) on the sizes in $SIZES (default opt-1.3b,opt-2.7b) through the
+# subprocess executor (a fresh process per run, the GPUs each row asks for reserved), the ZO2 suite with a
+# first-order row beside it (fo-adam under FSDP2 with CPU offload: settings.fsdp), then `zobench report` for each:
+# the papers' figures beside ours in $OUT/reports/<suite>/index.html.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/results}
 tag=${TAG:-gpu}
 mkdir -p "$out"
+if [ "${1:-bench}" = issue19 ]; then
+  OUT="$out" bash "$0" offload
+  for suite in mezo-memory zo2-memory; do
+    python3 - "suites/$suite.yaml" "${SIZES:-opt-1.3b,opt-2.7b}" "$out/$suite-small.yaml" <<'PY'
+import sys
+from pathlib import Path
+
+import yaml
+
+source, sizes, target = Path(sys.argv[1]), sys.argv[2].split(","), Path(sys.argv[3])
+suite = yaml.safe_load(source.read_text())
+suite["name"] += "-small"
+suite["data_dir"] = str((source.parent / suite["data_dir"]).resolve())  # the copy lives elsewhere
+suite["grid"]["models"] = [m for m in suite["grid"]["models"] if m["label"] in sizes]
+suite["include"] = [row for row in suite.get("include", []) if row.get("model") in sizes]
+if suite["regenerates"] == "zo2-memory":  # the first-order offload baseline beside ZO's, same shapes and batch
+    suite["include"] += [{"model": size, "method": {"name": "fo-adam", "label": "fo-adam-fsdp-offload", "lr": 1e-5,
+                          "mixed_precision": "bf16", "settings": {"offload": None, "fsdp": {"cpu_offload": True}}}}
+                         for size in sizes]
+target.write_text(yaml.safe_dump(suite, sort_keys=False))
+print(f"{target}: {len(suite['grid']['models'])} sizes, {len(suite['include'])} include rows")
+PY
+    python3 -c "from zobench.cli import app; app()" validate "$out/$suite-small.yaml"
+    python3 -c "from zobench.cli import app; app()" run "$out/$suite-small.yaml" --results "$out/results" --reports "$out/reports" \
+      --executor subprocess || echo "$suite: some runs did not finish (exit $?): see $out/results/$suite-small/"
+  done
+  exit 0
+fi
 if [ "${1:-bench}" = offload ]; then
   shape=${SHAPE:-opt-30b}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/offload-$shape.txt"

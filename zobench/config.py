@@ -185,6 +185,12 @@ Count = Annotated[int, Field(strict=True, gt=0)]  # strict: `steps: yes` (YAML t
 Seed = Annotated[int, Field(strict=True, ge=0, lt=2**32)]  # numpy's seed range (runner.seed_everything)
 
 
+class FsdpSettings(Strict):
+    """First-order training sharded by FSDP2 (zobench/parallel/fsdp.py); cpu_offload: FSDP2's CPUOffloadPolicy."""
+
+    cpu_offload: StrictBool = True
+
+
 class ParallelSettings(Strict):
     """Data-parallel ZO (zobench/parallel/data.py): the run is one of `data` torch.distributed processes
     started by a launcher (`torchrun --nproc-per-node N -m zobench.parallel.launch SUITE`)."""
@@ -218,6 +224,9 @@ class RunSettings(Strict):
     eval_at_start: StrictBool = True
     select: Literal["best-dev", "last"] = "best-dev"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus: Count | None = Field(None, description="GPUs each of the run's processes needs (a model spread over them "
+                               "by device_map); the executors reserve gpus × parallel.data. None: one where a GPU is")
+    fsdp: FsdpSettings | None = Field(None, description="first-order: shard the model with FSDP2, offload to CPU")
     # torch.compile the model's repeated blocks (models.base.compile_blocks): shorter forwards where the model
     # is big enough, paid for with compile time at the first step and each new shape, and ~100 MB of
     # resident compiler. ZO methods need engine: inplace (the virtual engine's per-op view is not compiled)

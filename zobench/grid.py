@@ -49,6 +49,9 @@ class RunSpec(BaseModel):
 
     def hashed(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude={"suite", "sweep"})
+        for key in ("gpus", "fsdp"):  # unset: the ids runs had before these fields existed
+            if data["settings"].get(key) is None:
+                data["settings"].pop(key, None)
         if data["settings"].get("lm_eval") is None:  # unset: runs keep the ids they had before the field existed
             data["settings"].pop("lm_eval", None)
         else:

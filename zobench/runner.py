@@ -210,6 +210,10 @@ def _method(spec: RunSpec, workload: Workload, clock: Clock) -> tuple[Workload, 
 
         workload, method, parallel = join(spec.settings.parallel.data, spec.settings.parallel.mode, workload, method)
     method.match_model(workload.module)  # first-order: mixed precision when the model's weights are half precision
+    if spec.settings.fsdp is not None:  # first-order, sharded (and offloaded) by FSDP2: zobench/parallel/fsdp.py
+        from zobench.parallel.fsdp import shard_method
+
+        method = shard_method(spec.settings.fsdp, workload.module, method, next(workload.module.parameters()).device)
     if method.prepares:  # training-free baselines: ICL sets demonstrations, linear probing fits its probe
         with clock.phase("prepare"):
             method.prepare(workload)

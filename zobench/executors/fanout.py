@@ -20,6 +20,16 @@ from zobench.measure import environment
 from zobench.store import Outcome, RunRecord, Store
 
 
+def workers(spec: RunSpec) -> int:
+    """Processes the run needs: `parallel.data` (one torch.distributed worker each), else 1."""
+    return spec.settings.parallel.data if spec.settings.parallel is not None else 1
+
+
+def gpus_needed(spec: RunSpec, per_worker: int = 1) -> int:
+    """GPUs the run needs where it has GPUs: `gpus` (else `per_worker`) for each of its workers."""
+    return (spec.settings.gpus or per_worker) * workers(spec)
+
+
 class FanoutExecutor(Executor):
     """Runs specs elsewhere (`fan`); a run another process holds comes back `held_elsewhere` and goes
     out again at the end with `wait`, so it is run at most once and every run ends with a summary."""

@@ -4,6 +4,12 @@ Each task runs `zobench.worker.run_spec_json`, which writes through the store, s
 must be on a filesystem the nodes share. Preempted or timed-out tasks are requeued (`requeue`) and start
 the run again: the store never holds half a run. `cluster: local` runs the same code path on this
 machine through submitit's local executor (tests, a workstation), at most `array_parallelism` at once.
+
+A run with `parallel: {data: N}` is a job with N tasks on one node (`tasks_per_node`, and N × `gpus` GPUs,
+`gpus_per_node` being the GPUs of a one-process run): each task exports the torch.distributed environment from
+Slurm's (submitit's `TorchDistributedEnvironment`: MASTER_ADDR is the job's first host, RANK its global task id)
+and joins the group through env:// (`zobench.parallel.workers.run_spec_distributed`). Runs of one shape share an
+array job; each shape is an array of its own (an array's tasks all get the same resources).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from zobench.errors import UserError
-from zobench.executors.fanout import FanoutExecutor, board, check_user_error, lost_run
+from zobench.executors.fanout import FanoutExecutor, board, check_user_error, gpus_needed, lost_run, workers
 from zobench.executors.local import ExecutorOptions
 from zobench.executors.pool import cpu_count, visible_gpus
 from zobench.grid import RunSpec
@@ -53,6 +59,15 @@ class Run:
         self.requeue = requeue
 
     def __call__(self, spec_json: str, results: str, threads: int | None, wait: bool) -> dict[str, Any]:
+        from zobench.grid import RunSpec
+
+        if workers(RunSpec.model_validate_json(spec_json)) > 1:  # one of the job's N tasks
+            import submitit
+
+            from zobench.parallel.workers import run_spec_distributed
+
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+            return run_spec_distributed(spec_json, results, threads, wait)
         return run_spec_json(spec_json, results, threads, wait)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
@@ -104,6 +119,11 @@ class SlurmExecutor(FanoutExecutor):
         ex.update_parameters(**params)
         return ex
 
+    def resources(self, spec: RunSpec) -> dict[str, int]:
+        """What one run's job asks for: a task per worker, and its GPUs (none on a cluster without GPUs)."""
+        gpus = gpus_needed(spec, self.options.gpus_per_node) if self.options.gpus_per_node else 0
+        return {"tasks_per_node": workers(spec), "gpus_per_node": gpus}
+
     def threads(self) -> int | None:
         o = self.options
         if o.threads or o.cpus_per_task:
@@ -117,15 +137,24 @@ class SlurmExecutor(FanoutExecutor):
         root, threads, fn = str(Path(store.root).resolve()), self.threads(), Run(o.requeue)
         args = [(s.model_dump_json(), root, threads, wait) for s in specs]
         if o.cluster == "slurm":
-            with ex.batch():
-                jobs = [ex.submit(fn, *a) for a in args]
-            self.console.print(f"submitted array job {jobs[0].job_id.split('_')[0]}: {len(jobs)} runs, "
-                               f"at most {o.array_parallelism} at once; logs in {folder}/", highlight=False)
+            shapes: dict[tuple, list[int]] = {}
+            for i, spec in enumerate(specs):
+                shapes.setdefault(tuple(sorted(self.resources(spec).items())), []).append(i)
+            jobs: dict[int, Any] = {}
+            for shape, index in shapes.items():
+                ex.update_parameters(**{k: v for k, v in shape if v or k != "gpus_per_node"})
+                with ex.batch():
+                    submitted = [ex.submit(fn, *args[i]) for i in index]
+                jobs.update(zip(index, submitted, strict=True))
+                shown = ", ".join(f"{k}={v}" for k, v in shape if v)
+                self.console.print(f"submitted array job {submitted[0].job_id.split('_')[0]}: {len(submitted)} runs "
+                                   f"({shown}), at most {o.array_parallelism} at once; logs in {folder}/",
+                                   highlight=False)
             if not o.wait:
                 self.console.print(f"not waiting (wait: false); when it ends: zobench report {store.dir}",
                                    highlight=False)
                 return []
-            return self._collect(specs, store, dict(zip(range(len(specs)), jobs, strict=True)), [], ex, folder)
+            return self._collect(specs, store, jobs, [], ex, folder)
         return self._collect(specs, store, {}, args, ex, folder)
 
     def _local_slots(self) -> list[tuple[int, ...]]:
@@ -156,7 +185,8 @@ class SlurmExecutor(FanoutExecutor):
                 while queued or jobs:
                     while queued and free:
                         i, slot = queued.pop(0), free.pop(0)
-                        ex.update_parameters(gpus_per_node=len(slot), **({"local_visible_gpus": slot} if slot else {}))
+                        ex.update_parameters(gpus_per_node=len(slot), tasks_per_node=workers(specs[i]),
+                                             **({"local_visible_gpus": slot} if slot else {}))
                         jobs[i], held[i] = ex.submit(Run(o.requeue), *args[i]), slot
                         b.started()
                     for i, job in list(jobs.items()):
@@ -183,7 +213,7 @@ class SlurmExecutor(FanoutExecutor):
 
     def _result(self, spec: RunSpec, store: Store, job: Any, folder: Path) -> dict[str, Any]:
         try:
-            return check_user_error(job.result())
+            return check_user_error(job.results()[0])  # a job of N tasks: rank 0's, which wrote the run
         except UserError:
             raise
         except Exception as e:  # job failed, was cancelled or timed out past its requeues

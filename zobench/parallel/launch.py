@@ -7,11 +7,21 @@ are pending and tells the others), so their collectives meet; rank 0 writes the 
 ranks write to a temporary store that is thrown away. Only runs with `parallel: {data: N}` for this N are
 accepted: a one-process run here would run N times. The same entry point works under a Slurm job with N
 tasks (srun torchrun ..., or the torchrun environment set per task).
+
+The executors start one run's N workers themselves (parallel/workers.py, the same env:// rendezvous):
+
+    python -m torch.distributed.run --standalone --nproc-per-node N -m zobench.parallel.launch \
+        --spec SPEC.json --results ROOT --out RESULT.json      (the subprocess pool)
+
+a Slurm job with N tasks (submitit's `TorchDistributedEnvironment` exports the variables) and N Ray tasks in
+a placement group (meeting at a file:// rendezvous in the shared results folder) call
+`zobench.parallel.workers.run_spec_distributed` directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -23,12 +33,32 @@ import torch.distributed as dist
 from zobench.errors import UserError
 
 
+def _one_spec(args: argparse.Namespace) -> int:
+    """`--spec`: one run as one of the workers torchrun started; rank 0 writes what it returns to `--out`."""
+    from zobench.parallel.workers import run_spec_distributed
+
+    result = run_spec_distributed(args.spec.read_text(), str(args.results), args.threads, args.wait)
+    if args.out is not None and "rank" not in result:
+        from zobench.store import atomic_write
+
+        atomic_write(args.out, json.dumps(result, default=str).encode())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m zobench.parallel.launch")
-    ap.add_argument("suite", type=Path)
+    ap.add_argument("suite", type=Path, nargs="?")
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--spec", type=Path, default=None, help="one RunSpec as JSON (how the executors start a run)")
+    ap.add_argument("--out", type=Path, default=None, help="with --spec: where rank 0 writes the run's summary")
+    ap.add_argument("--threads", type=int, default=None, help="with --spec: torch/OpenMP threads per worker")
+    ap.add_argument("--wait", action="store_true", help="with --spec: wait for another process holding the run")
     args = ap.parse_args(argv)
+    if args.spec is not None:
+        return _one_spec(args)
+    if args.suite is None:
+        ap.error("give a SUITE, or --spec SPEC.json")
     from zobench import runner
     from zobench.cli import plan
     from zobench.executors import pending, suite_record

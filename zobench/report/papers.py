@@ -203,6 +203,13 @@ LAYOUTS: dict[str, Layout] = {lay.key: lay for lay in [
            lambda r: paper_model(r) or str(r["model"]), quantity="step_time", unit="s", model_axis=True,
            std_suffix=" A100s", notes=("In parentheses: the number of A100 GPUs the paper used. Ours: median "
                                        "seconds per training step on this run's device.",)),
+    Layout("zo2-memory", "zo2-memory.csv", "ZO2 — GPU memory of MeZO-SGD with CPU offload by OPT size (GB)",
+           "OPT-1.3B … 175B", "model", ("GPU memory (GB)",), lambda r: paper_model(r) or str(r["model"]),
+           lambda r: "GPU memory (GB)" if method_kind(r) == "mezo" and scheme_kind(r) == "full" else None,
+           quantity="memory", unit="GB", model_axis=True,
+           notes=("ZO2's README figure: fp16 OPT of each shape, batch 1 × 2048 random tokens, NVML's used memory "
+                  "(test/mezo_sgd/hf_opt/test_memory.py, utils.py:get_args). Ours: the suite's task, peak of the "
+                  "training window, source named above.",)),
     Layout("zo-bench-table2", "zo-bench-table2.csv", "ZO-Bench Table 2 — OPT-1.3B on SST-2 (accuracy, %)",
            "OPT-1.3B", "method", ("FT", "LoRA", "prefix", "prompt"),
            lambda r: ZOBENCH_ROWS.get(method_kind(r), _ours(r).replace(f" / {r['scheme']}", "")),
