@@ -49,18 +49,11 @@ class RunSpec(BaseModel):
 
     def hashed(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude={"suite", "sweep"})
-        for key in ("gpus", "fsdp"):  # unset: the ids runs had before these fields existed
-            if data["settings"].get(key) is None:
+        for key in ("lm_eval", "parallel", "gpus", "fsdp", "offload", "shard"):  # unset: runs keep the ids they had
+            if data["settings"].get(key) is None:                             # before these fields existed
                 data["settings"].pop(key, None)
-        if data["settings"].get("lm_eval") is None:  # unset: runs keep the ids they had before the field existed
-            data["settings"].pop("lm_eval", None)
-        else:
+        if "lm_eval" in data["settings"]:
             data["settings"]["lm_eval"].pop("data_dir", None)  # where data lives is not what the run is
-        if data["settings"].get("parallel") is None:  # unset: the ids runs had before the field existed
-            data["settings"].pop("parallel", None)
-        for key in ("offload", "shard"):  # likewise
-            if data["settings"].get(key) is None:
-                data["settings"].pop(key, None)
         method = data["method"]["params"]  # float32 weights: `auto` is full precision, as before the field existed
         if method.get("mixed_precision") == "auto" and data["model"]["params"].get("dtype", "float32") == "float32":
             method.pop("mixed_precision")
