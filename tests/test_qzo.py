@@ -76,14 +76,17 @@ def test_q4linear_reads_gguf_q4_1_blocks_as_gguf_does():
     assert torch.equal(layer.dequantized(), expected)  # same float16 d, m and codes: the same float32 numbers
 
 
-def test_qzo_step_is_clipped_zo_sgd_on_the_scales():
+@pytest.mark.parametrize("engine", ["inplace", "virtual"])
+def test_qzo_step_is_clipped_zo_sgd_on_the_scales(engine):
     """maifoundations/QZO trainer.py ZOTrainer.zo_step / zo_update: g = (L(d+εz) − L(d−εz))/2ε over the scales,
-    g ← clip(g, −C, C), d ← max(d − η·g·z, floor); codes and minimums untouched."""
+    g ← clip(g, −C, C), d ← max(d − η·g·z, floor); codes and minimums untouched. Either engine (the in-place
+    one writes d ± εz into the scales, the virtual one shows it to Q4Linear's forward through views)."""
     model, codes, x, y = tiny()
     layers = quantized_layers(model)
     rec = Recorder()
     lr, eps, clip, floor = 0.05, 1e-3, 0.05, 0.03
-    method = injected("qzo", list(model.parameters()), rec, lr=lr, eps=eps, clip=clip, scale_floor=floor)
+    method = injected("qzo", list(model.parameters()), rec, lr=lr, eps=eps, clip=clip, scale_floor=floor,
+                      engine=engine)
     assert [id(p) for p in method.params] == [id(m.scales) for m in layers]
 
     scales = [m.scales.detach().clone() for m in layers]
@@ -127,8 +130,12 @@ def test_codes_never_change_and_the_trained_state_is_the_scales_only():
     assert trained == sum(m.out_features * m.in_features // 32 * 4 for m in layers)  # one float32 d per block
     assert method.state_bytes() == 0
     sizes = weight_bytes(model)
-    assert sizes["quantized_bytes"] == sum(m.out_features * m.in_features * (4 + 4 + 16) // 32 for m in layers)
-    assert sizes["dequantized_float32_bytes"] == sum(m.out_features * m.in_features * 4 for m in layers)
+    # per block of 32 weights: 16 bytes of codes, a float32 scale and a float32 minimum
+    assert sizes["quantized_layer_bytes"] == sum(m.out_features * m.in_features * (16 + 4 + 4) // 32 for m in layers)
+    assert sizes["dequantized_float32_layer_bytes"] == sum(m.out_features * m.in_features * 4 for m in layers)
+    assert sizes["model_weight_bytes"] == sizes["quantized_layer_bytes"]  # no other weights in this model
+    method.match_model(model)
+    assert method.precision()["quantized_layer_bytes"] == sizes["quantized_layer_bytes"]
 
 
 def test_scales_and_minimums_option_trains_both():
@@ -177,3 +184,17 @@ def test_qzo_refuses_weight_decay():
 def test_qzo_and_the_quantized_model_are_registered():
     assert "qzo" in registry.methods.names()
     assert "smollm2-q4" in registry.models.names()
+
+
+def test_report_weights_table_compares_held_and_float32_bytes():
+    from types import SimpleNamespace
+
+    from zobench.report.quantized import MIB, weights_table
+
+    sizes = {"quantized_layer_bytes": 3 * MIB, "dequantized_float32_layer_bytes": 16 * MIB,
+             "model_weight_bytes": 5 * MIB}  # 2 MiB of float32 tensors besides the Q4 layers
+    record = SimpleNamespace(spec=SimpleNamespace(method=SimpleNamespace(name="qzo")),
+                             cost=SimpleNamespace(precision={"weights": "q4_1", **sizes}))
+    table = weights_table([(None, record)])
+    assert table.loc["Q4_1 linear layers"].tolist() == [3.0, 16.0, round(16 / 3, 2)]
+    assert table.loc["whole model"].tolist() == [5.0, 18.0, 3.6]

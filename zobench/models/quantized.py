@@ -96,12 +96,15 @@ def quantized_layers(module: torch.nn.Module) -> list[Q4Linear]:
 
 
 def weight_bytes(module: torch.nn.Module) -> dict[str, int]:
-    """Bytes of the quantized layers as held (codes + float32 scales and minimums) and as float32 de-quantised
-    weights, so a report can say what keeping them quantized saves."""
+    """Bytes of the quantized layers as held (codes + scales + minimums) and as float32 de-quantised weights,
+    and of all the model's weights as held (every parameter, tied ones once, plus the codes), so a report can
+    say what keeping them quantized saves."""
     layers = quantized_layers(module)
     held = sum(t.numel() * t.element_size() for m in layers for t in (m.codes, m.scales, m.minimums))
-    return {"quantized_bytes": held, "dequantized_float32_bytes": sum(m.in_features * m.out_features * 4
-                                                                      for m in layers)}
+    everything = sum(p.numel() * p.element_size() for p in module.parameters())
+    return {"quantized_layer_bytes": held,
+            "dequantized_float32_layer_bytes": sum(m.in_features * m.out_features * 4 for m in layers),
+            "model_weight_bytes": everything + sum(m.codes.numel() for m in layers)}
 
 
 def _rows_for_hf(name: str, rows: np.ndarray, config: Any) -> np.ndarray:

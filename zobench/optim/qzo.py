@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import PositiveFloat
 
 from zobench.errors import FieldError, UserError
+from zobench.models.quantized import weight_bytes
 from zobench.optim.zo import ZOMethod, ZOParams
 from zobench.registry import methods
 
@@ -63,6 +64,13 @@ class QZO(ZOMethod):
         if params.get("weight_decay"):
             raise FieldError("weight_decay", "'qzo' applies no weight decay to quantization scales (as the "
                              "reference); remove weight_decay")
+
+    def match_model(self, module: torch.nn.Module) -> None:
+        self.sizes = weight_bytes(module)
+
+    def precision(self) -> dict[str, Any]:
+        """The weights it trained: 4-bit codes with float scales, and their bytes (for the memory table)."""
+        return {"weights": "q4_1", **getattr(self, "sizes", {})}
 
     def clipped(self, grads: list[float]) -> list[float]:
         c = self.hp.clip
