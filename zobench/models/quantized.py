@@ -66,7 +66,7 @@ class Q4Linear(torch.nn.Module):
     @classmethod
     def from_blocks(cls, raw: np.ndarray | torch.Tensor, bias: torch.Tensor | None = None) -> Q4Linear:
         """From GGUF Q4_1 bytes shaped (out, in/32 · 20): per block d (f16), m (f16), 16 bytes of codes."""
-        data = torch.tensor(np.asarray(raw), dtype=torch.uint8)  # a copy: GGUF arrays are read-only maps
+        data = torch.from_numpy(np.array(raw, dtype=np.uint8))  # a copy: GGUF arrays are read-only maps
         if data.dim() != 2 or data.shape[1] % BLOCK_BYTES:
             raise ValueError(f"Q4_1 rows must be a multiple of {BLOCK_BYTES} bytes, got {tuple(data.shape)}")
         blocks = data.view(data.shape[0], -1, BLOCK_BYTES)
