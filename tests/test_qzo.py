@@ -198,3 +198,50 @@ def test_report_weights_table_compares_held_and_float32_bytes():
     table = weights_table([(None, record)])
     assert table.loc["Q4_1 linear layers"].tolist() == [3.0, 16.0, round(16 / 3, 2)]
     assert table.loc["whole model"].tolist() == [5.0, 18.0, 3.6]
+
+
+def test_from_float_quantizes_as_gguf_does():
+    quants = pytest.importorskip("gguf.quants")
+    from gguf import GGMLQuantizationType
+
+    weight = np.random.default_rng(1).standard_normal((6, 64)).astype(np.float32)
+    weight[0, :32] = 0.25  # a constant block: d = 0
+    layer = Q4Linear.from_float(torch.from_numpy(weight))
+    expected = Q4Linear.from_blocks(quants.quantize(weight, GGMLQuantizationType.Q4_1))
+    for name in ("codes", "scales", "minimums"):
+        assert torch.equal(getattr(layer, name), getattr(expected, name)), name
+
+
+TINY_Q4 = """
+name: qzo-tiny
+defaults: {steps: 4, batch_size: 4, eval_every: 2, device: cpu}
+grid:
+  models:
+    - {name: tiny-q4, label: tiny-q4, config: {model_type: llama, hidden_size: 32, intermediate_size: 64,
+       num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 2, max_position_embeddings: 64}}
+    - {name: tiny, label: tiny-float, config: {model_type: llama, hidden_size: 32, intermediate_size: 64,
+       num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 2, max_position_embeddings: 64}}
+  tasks:
+    - {name: synthetic-sentiment, train_size: 16, dev_size: 8, test_size: 8, max_length: 32}
+  methods:
+    - {name: qzo, lr: 0.001}
+  seeds: [0]
+"""
+
+
+def test_qzo_runs_through_the_runner_on_a_quantized_model_and_refuses_a_float_one(tmp_path):
+    from zobench import runner
+    from zobench.cli import plan
+    from zobench.store import Store
+
+    suite = tmp_path / "qzo-tiny.yaml"
+    suite.write_text(TINY_Q4)
+    _, specs = plan(suite)
+    records = {s.model.label: runner.run(s, Store(tmp_path / "results", s.suite)) for s in specs}
+    done = records["tiny-q4"]
+    assert done.outcome.status == "done", done.outcome.error
+    # one d per row and block of 32 inputs: q, k, v, o (32 rows × 1 block), gate, up (64 × 1), down (32 × 2)
+    assert done.cost.trainable_params == 4 * 32 + 2 * 64 + 32 * 2 and done.cost.state_bytes == 0
+    assert done.cost.precision["weights"] == "q4_1"
+    refused = records["tiny-float"]
+    assert refused.outcome.status == "failed" and "smollm2-q4" in refused.outcome.error

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from zobench.errors import FieldError, UserError
 from zobench.models.base import ModelBundle, ModelLoader
+from zobench.models.hf import TinyModel, TinyParams
 from zobench.registry import models
 
 BLOCK = 32  # values per Q4_1 block
@@ -73,6 +74,22 @@ class Q4Linear(torch.nn.Module):
         scales = blocks[..., 0:2].contiguous().view(torch.float16).squeeze(-1)
         minimums = blocks[..., 2:4].contiguous().view(torch.float16).squeeze(-1)
         return cls(blocks[..., 4:].clone(), scales, minimums, bias)
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Q4Linear:
+        """Quantize a float (out, in) weight to Q4_1 by GGUF's rule (gguf-py `gguf/quants.py` Q4_1.quantize_blocks):
+        per block m = min, d = (max − min)/15, q = trunc((w − m)/d + ½) in 0..15, d and m stored as float16."""
+        out, inp = weight.shape
+        if inp % BLOCK:
+            raise ValueError(f"Q4_1 needs in_features divisible by {BLOCK}, got {inp}")
+        w = weight.detach().float().reshape(out, inp // BLOCK, BLOCK)
+        low, high = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+        d = (high - low) / 15
+        inverse = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+        q = torch.trunc((w - low) * inverse + 0.5).clamp_(0, 15).to(torch.uint8)
+        codes = q[..., : BLOCK // 2] | (q[..., BLOCK // 2 :] << 4)
+        bias = bias.detach().clone() if bias is not None else None
+        return cls(codes, d.squeeze(-1).half(), low.squeeze(-1).half(), bias)
 
     def unpacked(self) -> torch.Tensor:
         """The 4-bit codes as one uint8 per value, (out, in/32, 32): low nibbles then high nibbles."""
@@ -163,6 +180,20 @@ def load_q4_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[torch.
     return model.eval(), tokenizer
 
 
+def quantize_blocks(model: torch.nn.Module) -> int:
+    """Replace every nn.Linear inside the model's repeated blocks by its Q4_1 quantization; returns how many."""
+    from zobench.models.base import blocks
+
+    count = 0
+    for block in blocks(model):
+        for name, module in list(block.named_modules()):
+            if isinstance(module, torch.nn.Linear) and module.in_features % BLOCK == 0:
+                parent, _, child = name.rpartition(".")
+                setattr(block.get_submodule(parent), child, Q4Linear.from_float(module.weight, module.bias))
+                count += 1
+    return count
+
+
 class QuantizedParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dtype: Literal["float32"] = "float32"  # of the parts that are not Q4_1 (embedding, norms) and of d, m
@@ -192,3 +223,24 @@ class SmolLM2Q4(ModelLoader):
         QuantizedParams.model_validate(params)
         model, tokenizer = load_q4_gguf(smollm2_path())
         return ModelBundle(model.to(device), tokenizer, "causal")
+
+
+@models.register("tiny-q4")
+class TinyQ4(ModelLoader):
+    """A random-initialised model (as `tiny`: inline config, seeded) whose block Linears are quantized to Q4_1
+    in code: a small quantized model for qzo's tests and regression cell, no file needed."""
+
+    Params = TinyParams
+
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> None:
+        TinyModel.check(params)
+
+    @classmethod
+    def load(cls, params: dict[str, Any], device: torch.device, seed: int) -> ModelBundle:
+        bundle = TinyModel.load(params, torch.device("cpu"), seed)
+        if not quantize_blocks(bundle.model):
+            raise UserError(f"tiny-q4: no Linear in the model's blocks has in_features divisible by {BLOCK}; "
+                            f"make the config's hidden_size (and intermediate size) multiples of {BLOCK}")
+        bundle.model.to(device)
+        return bundle
