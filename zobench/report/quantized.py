@@ -56,7 +56,7 @@ def runs_table(records: list[tuple[Path, RunRecord]]) -> pd.DataFrame:
                      "peak RSS, training (MiB)": _mib(train_rss),
                      "peak RSS, run (MiB)": _mib(rss.bytes if rss else None),
                      f"test {r.metrics.metric or 'metric'}": r.metrics.test_metric})
-    return pd.DataFrame(rows).sort_values(["model", "method"]).reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["model", "method"]).set_index(["model", "method"])
 
 
 def section(records: list[tuple[Path, RunRecord]], tables_dir: Path) -> list[dict[str, Any]]:
@@ -75,7 +75,7 @@ def section(records: list[tuple[Path, RunRecord]], tables_dir: Path) -> list[dic
     table = runs_table(records)
     title = "Quantized fine-tuning: what each method trains, its memory and its accuracy"
     files = export(table, tables_dir, "qzo-runs", caption=title)
-    tables.append({"title": title, "html": table.to_html(border=0, classes="data", index=False), "files": files,
+    tables.append({"title": title, "html": table.to_html(border=0, classes="data"), "files": files,
                    "note": "Trained tensors: trained parameters × 4 bytes (float32). Peak RSS: the process's "
                            "resident high-water mark (Linux VmHWM) during the training window and over the whole "
                            "run (loading, evaluations); each run in its own process when the suite uses the "
