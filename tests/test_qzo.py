@@ -245,3 +245,24 @@ def test_qzo_runs_through_the_runner_on_a_quantized_model_and_refuses_a_float_on
     assert done.cost.precision["weights"] == "q4_1"
     refused = records["tiny-float"]
     assert refused.outcome.status == "failed" and "smollm2-q4" in refused.outcome.error
+
+
+@pytest.mark.parametrize("engine", ["virtual", "inplace"])
+def test_lr_zero_leaves_the_scales_as_they_were_and_the_state_holds_nothing(engine):
+    """tests/test_methods.py's family checks, on a quantized model (qzo refuses its plain networks): lr = 0
+    leaves θ bit-identical with the virtual engine and restored up to rounding in place; no tensor kept."""
+    from test_methods import _held_tensors, make
+
+    model, _, x, y = tiny(dtype=torch.float32)
+    params = list(model.parameters())
+    before = [p.detach().clone() for p in params]
+    method = make("qzo", params, lr=0.0, engine=engine)
+    for _ in range(3):
+        method.step(lambda: ((model(x) - y) ** 2).mean())
+    method.settle()
+    for a, b in zip(before, params, strict=True):
+        if engine == "virtual":
+            assert torch.equal(a, b.detach())
+        else:  # θ + εz − 2εz + εz in float32
+            torch.testing.assert_close(b.detach(), a, rtol=0, atol=4 * torch.finfo(torch.float32).eps * a.abs().max())
+    assert _held_tensors(method, method.params) == [] and method.state_bytes() == 0
