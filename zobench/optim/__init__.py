@@ -8,6 +8,7 @@ from zobench.optim import (  # noqa: F401
     hizoo,
     low_rank,
     nevergrad_methods,
+    qzo,
     sparse_mezo,
     zo_adam,
     zo_adamu,

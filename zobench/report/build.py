@@ -181,6 +181,9 @@ def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, records: list[tuple[P
     blackbox_tables, blackbox_figures = blackbox_section(records, tables_dir)
     ours += blackbox_tables
     figures += blackbox_figures
+    from zobench.report.quantized import section as quantized_section  # only with qzo runs
+
+    ours += quantized_section(records, tables_dir)
 
     statuses = ", ".join(f"{n} {s}" for s, n in everything["status"].value_counts().items()) \
         if len(everything) else "none"
