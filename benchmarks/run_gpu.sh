@@ -6,8 +6,10 @@
 # benchmarks/results).
 # `run_gpu.sh offload` runs instead the issue-19 figures (benchmarks/gpu_offload.py): an OPT-30B-shaped bf16
 # model ($SHAPE) resident, streamed block by block from pinned host memory by zobench's offload scheduler, and
-# through accelerate's device_map (forwards only), the last two with the GPU capped at $CAP_GIB GiB; NVML per
-# device, torch's allocator, RSS and step times into $OUT/offload-<shape>-<mode>.json, one line each in .txt.
+# through accelerate's device_map (ZO steps where no weight is accelerate-offloaded), plus `hf-offload` (the
+# runner's path on transformers' OPTForCausalLM), with the GPU capped at $CAP_GIB GiB; NVML per device, torch's
+# allocator, RSS and step times into $OUT/offload-<shape>-<mode>.json, one line each in .txt. TIER_DTYPE=bfloat16
+# (or float8_e4m3fn) keeps the host copy in low precision (ZO2's AMP mode); unset, the tier holds the model's dtype.
 # `run_gpu.sh issue19` runs all of issue 19's GPU figures: the `offload` figures above, then the memory suites
 # (suites/mezo-memory.yaml, suites/zo2-memory.yaml) on the sizes in $SIZES (default opt-1.3b,opt-2.7b) through the
 # subprocess executor (a fresh process per run, the GPUs each row asks for reserved), the ZO2 suite with a
@@ -49,11 +51,11 @@ fi
 if [ "${1:-bench}" = offload ]; then
   shape=${SHAPE:-opt-30b}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/offload-$shape.txt"
-  python3 -m pytest -q -p no:cacheprovider tests/test_offload.py tests/test_parallel.py 2>&1 | tail -2 \
+  python3 -m pytest -q -p no:cacheprovider tests/test_offload.py tests/test_offload_hf.py tests/test_offload_sharded.py tests/test_parallel.py 2>&1 | tail -2 \
     | tee -a "$out/offload-$shape.txt"
-  for mode in resident offload device-map; do  # each in a fresh process; one failing does not stop the others
+  for mode in resident offload hf-offload device-map; do  # each in a fresh process; one failing does not stop the others
     timeout "${MODE_TIMEOUT:-900}" python3 benchmarks/gpu_offload.py "$mode" --shape "$shape" \
-      --device "${DEVICE:-cuda}" --cap-gib "${CAP_GIB:-24}" --batch "${BATCH:-4}" --seq "${SEQ:-256}" --steps "${STEPS:-3}" \
+      --device "${DEVICE:-cuda}" --cap-gib "${CAP_GIB:-24}" ${TIER_DTYPE:+--tier-dtype "$TIER_DTYPE"} --batch "${BATCH:-4}" --seq "${SEQ:-256}" --steps "${STEPS:-3}" \
       --json "$out/offload-$shape-$mode.json" > /dev/null || echo "$mode: failed or timed out (exit $?)"
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); m=d['memory']; print(d['mode'], \
 'median_step_s=%.3f' % d['median_step_s'], 'cap_gib=%s' % d['cap_gib'], json.dumps(m.get('peak_bytes', m)))" \
