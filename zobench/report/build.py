@@ -181,6 +181,11 @@ def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, records: list[tuple[P
     blackbox_tables, blackbox_figures = blackbox_section(records, tables_dir)
     ours += blackbox_tables
     figures += blackbox_figures
+    from zobench.report.federated import section as federated_section  # only with fedzo / fzoos runs
+
+    federated_tables, federated_figures = federated_section(records, tables_dir)
+    ours += federated_tables
+    figures += federated_figures
 
     statuses = ", ".join(f"{n} {s}" for s, n in everything["status"].value_counts().items()) \
         if len(everything) else "none"
