@@ -232,3 +232,32 @@ def test_population_methods_refuse_a_huge_d_at_build() -> None:
     big = torch.nn.Parameter(torch.zeros(FZooS.max_dim + 1, dtype=torch.float64))
     with pytest.raises(UserError, match="above its limit"):
         FedZO([big], FedZO.Params(), 0)
+
+
+def test_report_section(tmp_path) -> None:  # noqa: ANN001
+    """A tiny suite through the runner: the curves record one row per round with the queries so far, and the page
+    gets the federated table (mean ± std over seeds) and the loss-against-queries-and-rounds figure."""
+    import pandas as pd
+
+    from zobench import api
+
+    suite = {"name": "fed-tiny", "defaults": {"eval_at_start": True, "eval_every": 1, "steps": 2, "select": "last",
+                                              "device": "cpu"},
+             "grid": {"tasks": [{"name": "federated-function", **QUAD}],
+                      "methods": [{"name": "fedzo", "q": 2, "local_steps": 2},
+                                  {"name": "fzoos", "local_steps": 2, "rff_components": 50, "server_active": 3}],
+                      "seeds": [0, 1]}}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    frame = api.run(path, tmp_path / "results", report=True, reports=tmp_path / "reports")
+    assert set(frame["status"]) == {"done"}
+    curve = pd.read_parquet(next((tmp_path / "results").rglob("*fedzo*s0*/curve.parquet")))
+    assert list(curve["step"]) == [0, 1, 2]
+    # round 1: F(θ₀) (one query per client), K·q + K − 1 local queries per client, the proposal; round 2 reuses
+    # the values at the accepted proposal (or at the kept θ) as its start: N·K·(q + 1)
+    first = 2 + 2 * (2 * 2 + 1) + 2
+    assert list(curve["forward_passes"]) == [0, first, first + 2 * 2 * (2 + 1)]
+    page = (tmp_path / "reports" / "fed-tiny" / "index.html").read_text()
+    assert "FZooS against FedZO" in page and "global loss against queries and against rounds" in page
+    table = pd.read_csv(tmp_path / "reports" / "fed-tiny" / "tables" / "federated.csv", index_col=0)
+    assert list(table.index) == ["fedzo", "fzoos"] and "±" in table.iloc[0, 0]
