@@ -167,6 +167,7 @@ def test_fzoos_counts_its_queries_and_state() -> None:
     the server's proposal (keep_better) and `server_active`; every query archived once."""
     hp = {"local_steps": 3, "rff_components": 200, "active": 2, "server_active": 4, "init_queries": 5}
     workload, method = build("federated-function", QUAD, "fzoos", hp)
+    assert np.array_equal(workload.module.theta.detach().numpy(), method.start)  # the initial queries leave θ₀
     method.step(lambda: torch.zeros(()))
     per_client = 5 + 1 + 3 + 2 * 2 + 1 + 4
     assert method.forward_passes == 2 * per_client

@@ -310,6 +310,7 @@ class FZooS(FederatedMethod):
         for i in range(self.clients):  # settings.py:149-152
             for x in self.box(self.theta, self.hp.init_radius, self.hp.init_queries):
                 self.record(i, x, self.query(i, x))
+        self.set_point(self.theta)  # evaluations before the first round see θ₀, not the last query
 
     def box(self, center: np.ndarray, radius: float, count: int) -> np.ndarray:
         """`count` points uniform in center ± radius (the reference's `explore`, optimizers.py:482-490)."""
