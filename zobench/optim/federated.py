@@ -150,7 +150,8 @@ class FedZO(FederatedMethod):
     """FedZO (Fang et al., arXiv 2201.09531): K local ZO-SGD steps per client from the server's θ, averaged.
 
     Local gradient estimate (FedZO's two-point estimator, one data batch): g = (d/(qμ)) Σ_j [f_i(x + μv_j) −
-    f_i(x)] v_j with v_j uniform on the unit sphere (Gaussian draws normalised), q + 1 queries per local step.
+    f_i(x)] v_j with v_j uniform on the unit sphere (Gaussian draws normalised), q + 1 queries per local step
+    (q at the first, whose f_i(x) is the value at the server's θ, queried once per round).
     FZooS's own baseline (`--zo_opt rgf`, optimizers.py:209-231) orthonormalises the directions and drops the d
     factor, then steps with Adam; `local_optimizer: adam` gives the latter (the d/q scale is immaterial to Adam).
     No public FedZO code is used."""
