@@ -3,6 +3,7 @@
 from zobench.optim import (  # noqa: F401
     cbo,
     deepzero,
+    federated,
     first_order,
     forward_grad,
     hizoo,

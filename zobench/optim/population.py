@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from zobench.errors import FieldError
+from zobench.errors import FieldError, UserError
 from zobench.optim.base import LossFn, Method
 
 
@@ -25,9 +25,28 @@ class PopulationMethod(Method):
     """Scores numpy points by writing them into θ and running one forward each."""
 
     requires: ClassVar[str] = ""  # the package the method drives (an optional dependency)
+    max_dim: ClassVar[int] = 1_000_000  # trainable parameters beyond which its float64 N × d arrays are refused
+
+    @classmethod
+    def incompatible(cls, task: str, task_params: dict) -> str | None:
+        """Refused on a model's weights: it keeps N float64 copies of θ (CBXpy's particles, nevergrad's
+        population or covariance, a federated client's query archive), N × d × 8 bytes, gigabytes for even a
+        small language model, and allocating them would only fail later or swap."""
+        from zobench.registry import tasks
+
+        if task in tasks and tasks.get(task).needs_model:
+            return (f"keeps its points as float64 arrays of N × d (d: the trainable parameters, a model's weights "
+                    f"for task '{task}'), so it runs only on the synthetic problems without a model "
+                    "(test-function, softmax-regression, attention-regression, federated-*)")
+        return super().incompatible(task, task_params)
 
     def __init__(self, params: list[torch.nn.Parameter], hp: Any, seed: int) -> None:
         super().__init__(params, hp, seed)
+        dim = sum(p.numel() for p in self.params)
+        if dim > self.max_dim:
+            raise UserError(f"method '{self.registered_name}' keeps float64 arrays of N × d and d = {dim:,} "
+                            f"trainable parameters is above its limit of {self.max_dim:,}; use a zeroth-order "
+                            "method (zo-sgd, zo-ranksgd) or a smaller problem (its task's dimension parameter)")
         self.start = self.point()
         self.dim = self.start.size
 

@@ -1,3 +1,3 @@
 """Synthetic objectives from the seed papers, with known optima. Registered as tasks."""
 
-from zobench.problems import attention_regression, softmax_regression, test_functions  # noqa: F401
+from zobench.problems import attention_regression, federated, softmax_regression, test_functions  # noqa: F401

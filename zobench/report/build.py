@@ -184,6 +184,11 @@ def build_suite(frame: pd.DataFrame, curves: pd.DataFrame, records: list[tuple[P
     from zobench.report.quantized import section as quantized_section  # only with qzo runs
 
     ours += quantized_section(records, tables_dir)
+    from zobench.report.federated import section as federated_section  # only with fedzo / fzoos runs
+
+    federated_tables, federated_figures = federated_section(records, tables_dir)
+    ours += federated_tables
+    figures += federated_figures
 
     statuses = ", ".join(f"{n} {s}" for s, n in everything["status"].value_counts().items()) \
         if len(everything) else "none"
