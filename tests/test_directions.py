@@ -114,12 +114,17 @@ def test_a_pass_spread_over_threads_adds_the_numbers_drawn_in_one(kind, monkeypa
     before = [p.clone() for p in params]
     threads = torch.get_num_threads()
     torch.set_num_threads(max(threads, 4))
+    for p in params:
+        p.requires_grad_(True)  # as a method's parameters: the jobs must run in the caller's no-grad mode
     try:
-        dirs.add(3, 0.25, then=(4, -0.5))
-        shifted = [dirs.shift(5, 0.125)(i, p) for i, p in enumerate(params)]  # the virtual engine's θ + εz
+        with torch.no_grad():
+            dirs.add(3, 0.25, then=(4, -0.5))
+        with torch.inference_mode():  # the virtual engine's θ + εz, made inside an evaluation's forward
+            shifted = [dirs.shift(5, 0.125)(i, p) for i, p in enumerate(params)]
     finally:
         torch.set_num_threads(threads)
     for i, (p, p0) in enumerate(zip(params, before, strict=True)):
+        p = p.detach()
         expected = p0 + 0.25 * dirs.unscaled(i, p0, 3)
         expected = expected + (-0.5) * dirs.unscaled(i, p0, 4)
         assert torch.equal(p, expected), i

@@ -116,7 +116,8 @@ def buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     key = (dtype, device)
     kept = _LOCAL.__dict__.setdefault("buffers", {})
     if key not in kept or kept[key].numel() < numel:
-        kept[key] = torch.empty(numel, dtype=dtype, device=device)
+        with torch.inference_mode(False):  # a normal tensor: written in place both inside and outside inference mode
+            kept[key] = torch.empty(numel, dtype=dtype, device=device)
     return kept[key][:numel]
 
 
@@ -133,8 +134,14 @@ def run(jobs: list[Callable[[], None]], device: torch.device) -> None:
         return
     if _POOL is None or _POOL[0] != threads:
         _POOL = threads, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="zobench-draw")
-    for future in [_POOL[1].submit(job) for job in jobs]:
+    modes = torch.is_inference_mode_enabled(), torch.is_grad_enabled()  # thread-local: the caller's, for its jobs
+    for future in [_POOL[1].submit(_in_modes, job, *modes) for job in jobs]:
         future.result()
+
+
+def _in_modes(job: Callable[[], None], inference: bool, grad: bool) -> None:
+    with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+        job()
 
 
 def fill(shape: torch.Size, dtype: torch.dtype, device: torch.device, kind: str, base: int) -> torch.Tensor:
