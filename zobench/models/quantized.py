@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from zobench.errors import FieldError, UserError
+from zobench.errors import UserError
 from zobench.models.base import ModelBundle, ModelLoader
 from zobench.models.hf import TinyModel, TinyParams
 from zobench.registry import models
@@ -207,14 +207,9 @@ class SmolLM2Q4(ModelLoader):
 
     @classmethod
     def check(cls, params: dict[str, Any]) -> None:
-        from zobench.models.gguf import need_gguf_package
-        from zobench.models.presets import smollm2_path
+        from zobench.models.presets import SmolLM2
 
-        try:
-            smollm2_path()
-            need_gguf_package()
-        except UserError as e:
-            raise FieldError("name", str(e)) from None
+        SmolLM2.check({})  # the same file and package as the float loader
 
     @classmethod
     def load(cls, params: dict[str, Any], device: torch.device, seed: int) -> ModelBundle:

@@ -250,16 +250,8 @@ class OffloadZO:
         for i, p in zip(idx, ps, strict=True):
             p.add_(dirs.unscaled(i, p, seed), alpha=a)
 
-    @torch.no_grad()
     def _fold(self, ps: list[torch.Tensor], idx: list[int]) -> None:
-        """The previous step's update on a block as it arrives (ZO2's `zo_update` inside the dual forward)."""
-        if self._pending is None:
-            return
-        keep, terms = self._pending
-        if keep != 1.0:
-            torch._foreach_mul_(ps, keep)
-        for seed, alpha in terms:
-            self._add(ps, idx, seed, alpha)
+        fold_update(self._pending, ps, idx, self._add)
 
     @torch.inference_mode()
     def step(self, inputs: torch.Tensor, batch: Any) -> float:
@@ -307,3 +299,17 @@ class OffloadZO:
         """The whole model's θ, keyed like `nn.Sequential(*blocks)` (tests and checkpoints; settles first)."""
         self.settle()
         return {f"{b}.{n}": t for b in range(len(self.blocks)) for n, t in self.tier.load(b).items()}
+
+
+@torch.no_grad()
+def fold_update(pending: tuple[float, list[tuple[int, float]]] | None, ps: list[torch.Tensor], idx: list[int],
+                add: Callable[[list[torch.Tensor], list[int], int, float], None]) -> None:
+    """The previous step's update (decay factor, (seed, α) terms) on a block as it arrives (ZO2's `zo_update`
+    inside the dual forward)."""
+    if pending is None:
+        return
+    keep, terms = pending
+    if keep != 1.0:
+        torch._foreach_mul_(ps, keep)
+    for seed, alpha in terms:
+        add(ps, idx, seed, alpha)

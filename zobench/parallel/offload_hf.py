@@ -36,7 +36,7 @@ from zobench.optim.base import LossFn, Method
 from zobench.optim.directions import TorchPieces
 from zobench.optim.noise import rows_of
 from zobench.optim.zo import ZOMethod
-from zobench.parallel.offload import HostTier, ParamSpec, SafetensorsTier, Uploader
+from zobench.parallel.offload import HostTier, ParamSpec, SafetensorsTier, Uploader, fold_update
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float8_e4m3fn": torch.float8_e4m3fn}
 
@@ -281,16 +281,9 @@ class OffloadMethod(Method):
         self._add_z(i, out, seed, alpha * self.inner.directions.sphere_scale(seed))
         return out
 
-    @torch.no_grad()
     def fold(self, ps: list[torch.Tensor], idx: list[int]) -> None:
-        """The previous step's update on a layer as it arrives (ZO2's `zo_update` inside the dual forward)."""
-        if self._pending is None:
-            return
-        keep, terms = self._pending
-        if keep != 1.0:
-            torch._foreach_mul_(ps, keep)
-        for seed, alpha in terms:
-            self.add(ps, idx, seed, alpha)
+        """The previous step's update on a layer as it arrives (offload.fold_update)."""
+        fold_update(self._pending, ps, idx, self.add)
 
     @torch.no_grad()
     def step(self, loss_fn: LossFn) -> float:
